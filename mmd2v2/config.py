@@ -1,0 +1,288 @@
+"""Typed configuration: dataclass sections with defaults, YAML overrides and `key.sub=value` overrides.
+
+Every key is checked: a misspelled or unknown key, or a value of the wrong type, raises
+`ConfigError` with one line naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is unknown, missing or of the wrong type."""
+
+
+@dataclass
+class EncoderConfig:
+    """A unimodal encoder: a Hugging Face model family truncated to its first `num_blocks` blocks."""
+
+    family: str = "vit"
+    pretrained: str | None = None  # local folder (save_pretrained layout) or hub id; None = random init
+    config: dict[str, Any] = field(default_factory=dict)  # HF config kwargs for random init
+    num_blocks: int | None = None  # keep the first N blocks; None = all
+    freeze: bool = False  # freeze the whole encoder (embeddings and blocks) ...
+    unfreeze_top: int = 0  # ... except its top k blocks
+
+
+@dataclass
+class SharedConfig:
+    """The shared, randomly initialised transformer that both modalities pass through."""
+
+    depth: int = 1
+    width: int = 768
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    layer_scale_init: float | None = None  # None = no LayerScale
+    dropout: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    """The MM-D2V2 student: two unimodal encoders, a shared transformer and output heads."""
+
+    image: EncoderConfig = field(default_factory=lambda: EncoderConfig(family="data2vec-vision"))
+    text: EncoderConfig = field(default_factory=lambda: EncoderConfig(family="data2vec-text"))
+    shared: SharedConfig = field(default_factory=SharedConfig)
+    embed_dim: int = 768  # retrieval embedding size (projection of the shared CLS)
+    modality_embeddings: bool = True  # learnable per-modality embedding added before the shared blocks
+    modality_layer_scale_init: float = 1e-5
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen self-supervised image teacher whose CLS is the distillation target."""
+
+    enabled: bool = True
+    family: str = "beit"
+    pretrained: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    target: Literal["post_norm", "pre_norm"] = "post_norm"  # CLS after / before the final LayerNorm
+
+
+@dataclass
+class DataConfig:
+    """Where the training and evaluation pairs come from and how they are preprocessed."""
+
+    karpathy_json: str | None = None  # COCO/Flickr30K-style split file; None with demo=true
+    image_root: str | None = None  # defaults to the JSON's folder (+ '/images' for the demo)
+    demo: bool = False  # generate the procedural demo set into demo_dir first
+    demo_dir: str = "data/demo"
+    demo_num_train: int = 6000
+    demo_num_val: int = 200
+    demo_num_test: int = 500
+    demo_seed: int = 0
+    tokenizer: str | None = None  # HF tokenizer folder/id; None = the text encoder's, or built from the demo vocabulary
+    image_size: int = 224
+    image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    max_text_length: int = 64
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Contrastive image-text loss plus distillation towards the teacher's CLS."""
+
+    contrastive_weight: float = 1.0
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    learnable_temperature: bool = True
+    contrastive_memory_bank: int = 0  # past embeddings as extra negatives; unstable in the thesis, off
+    kd_weight: float = 1.0
+    kd_kind: Literal["mse", "l1", "cosine", "contrastive"] = "mse"
+    kd_bank_size: int = 65536  # teacher CLS memory bank for kd_kind=contrastive
+    kd_init_temperature: float = 0.07
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class DeepSpeedConfig:
+    """The DeepSpeed engine: ZeRO stage, precision, accumulation, and raw extra keys."""
+
+    zero_stage: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)  # merged last into the DeepSpeed JSON
+
+
+@dataclass
+class TrainerConfig:
+    """Length of training, batch size, logging and checkpointing."""
+
+    output_dir: str = "runs/default"
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    micro_batch_size: int = 64  # per process
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500  # optimizer steps; a final checkpoint is always written
+    keep_checkpoints: int = 2
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation after training."""
+
+    split: str = "test"
+    batch_size: int = 128
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    """Return `value` converted to `annotation`'s type, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _check_value(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"config key '{key}': unexpected value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': got {value!r}, expected one of {list(allowed)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a list")
+        (item_type,) = typing.get_args(annotation)
+        return [_check_value(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a mapping")
+        return dict(value)
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool):
+        if isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"config key '{key}': got {value!r}, expected {annotation.__name__}")
+    if annotation is float:
+        raise ConfigError(f"config key '{key}': got {value!r}, expected a number")
+    if annotation is Any:
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {annotation}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass `cls` from `data`, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or 'root'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (expected one of: {', '.join(names)})")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            default = getattr(cls(), key)
+            merged = _merge(dataclasses.asdict(default), value, full)
+            kwargs[key] = _build(annotation, merged, f"{full}.")
+        else:
+            kwargs[key] = _check_value(value, annotation, full)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: Any, key: str) -> dict[str, Any]:
+    """Recursively merge mapping `update` onto `base`."""
+    if not isinstance(update, dict):
+        raise ConfigError(f"config section '{key}': expected a mapping, got {update!r}")
+    merged = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict) and k not in ("config", "extra"):
+            merged[k] = _merge(merged[k], v, f"{key}.{k}")
+        else:
+            merged[k] = v
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split a `key.sub=value` argument into its key path and YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': expected key.sub=value")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from a nested mapping plus `key.sub=value` overrides."""
+    data = _merge({}, data or {}, "root")
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return _build(Config, data, "")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config file (or the defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {error}".splitlines()[0]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}': expected a mapping at the top level")
+    return config_from_dict(data, overrides)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain nested dicts (for YAML/JSON dumps)."""
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,68 @@
+"""The MM-D2V2 student: image and text encoders feeding one shared transformer and a common embedding space."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmd2v2.config import ModelConfig
+from mmd2v2.models.shared import LayerScale, SharedTransformer
+from mmd2v2.models.unimodal import UnimodalEncoder
+
+
+class ModalityOutput(NamedTuple):
+    """What the student produces for one modality."""
+
+    embedding: Tensor  # (B, embed_dim) L2-normalised retrieval embedding
+    distill: Tensor | None  # (B, teacher_dim) regression-head output for distillation, if a teacher is set
+
+
+class MMD2V2(nn.Module):
+    """Dual encoder with a shared top: encode_images / encode_texts give L2-normalised embeddings."""
+
+    def __init__(self, cfg: ModelConfig, teacher_dim: int | None = None) -> None:
+        super().__init__()
+        self.image_encoder = UnimodalEncoder(cfg.image, "image", "model.image")
+        self.text_encoder = UnimodalEncoder(cfg.text, "text", "model.text")
+        width = cfg.shared.width
+        self.image_in = nn.Linear(self.image_encoder.width, width) if self.image_encoder.width != width else nn.Identity()
+        self.text_in = nn.Linear(self.text_encoder.width, width) if self.text_encoder.width != width else nn.Identity()
+        self.modality_embedding = nn.Parameter(torch.randn(2, width) * 0.02) if cfg.modality_embeddings else None
+        self.modality_scale = LayerScale(width, cfg.modality_layer_scale_init) if cfg.modality_embeddings else None
+        self.shared = SharedTransformer(cfg.shared)
+        self.projection = nn.Linear(width, cfg.embed_dim, bias=False)
+        self.distill_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, teacher_dim)) if teacher_dim else None
+
+    def _shared_cls(self, tokens: Tensor, modality: int, key_padding: Tensor | None) -> Tensor:
+        """Shared blocks over one modality's tokens; returns the CLS output (B, width)."""
+        if self.modality_embedding is not None and self.modality_scale is not None:
+            tokens = tokens + self.modality_scale(self.modality_embedding[modality])
+        return self.shared(tokens, key_padding)[:, 0]
+
+    def _output(self, cls: Tensor, with_distill: bool) -> ModalityOutput:
+        embedding = F.normalize(self.projection(cls), dim=-1)
+        distill = self.distill_head(cls) if with_distill and self.distill_head is not None else None
+        return ModalityOutput(embedding, distill)
+
+    def image_forward(self, pixel_values: Tensor, with_distill: bool = True) -> ModalityOutput:
+        """Embedding (and distillation output) for a batch of images (B, 3, H, W)."""
+        tokens = self.image_in(self.image_encoder(pixel_values))
+        return self._output(self._shared_cls(tokens, 0, None), with_distill)
+
+    def text_forward(self, input_ids: Tensor, attention_mask: Tensor, with_distill: bool = True) -> ModalityOutput:
+        """Embedding (and distillation output) for a batch of token ids (B, L) with their attention mask."""
+        tokens = self.text_in(self.text_encoder(input_ids, attention_mask))
+        return self._output(self._shared_cls(tokens, 1, attention_mask == 0), with_distill)
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: Tensor) -> Tensor:
+        """L2-normalised image embeddings (B, embed_dim)."""
+        return self.image_forward(pixel_values, with_distill=False).embedding
+
+    @torch.no_grad()
+    def encode_texts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """L2-normalised text embeddings (B, embed_dim)."""
+        return self.text_forward(input_ids, attention_mask, with_distill=False).embedding

@@ -1,0 +1,103 @@
+"""Exported inference checkpoints: resolved config, safetensors weights, tokenizer, preprocessing, metadata.
+
+A folder written by `save_pretrained` loads with `load_pretrained(folder)` alone: no training code, no
+original encoder checkpoints and no unpickling (weights are safetensors, everything else JSON/YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerBase
+
+from mmd2v2.config import Config, config_from_dict, config_to_dict
+from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.data.tokenization import load_tokenizer
+from mmd2v2.models.mmd2v2 import MMD2V2
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+METADATA = "metadata.json"
+PREPROCESSING = "preprocessing.json"
+TOKENIZER = "tokenizer"
+TRAINING_ONLY_PREFIXES = ("distill_head.",)
+
+
+@dataclass
+class PretrainedMMD2V2:
+    """Everything needed for inference: the model, its tokenizer and image preprocessing."""
+
+    model: MMD2V2
+    tokenizer: PreTrainedTokenizerBase
+    preprocess: ImagePreprocessor
+    config: Config
+    metadata: dict[str, Any]
+
+
+def _self_contained_config(model: MMD2V2, config: Config) -> Config:
+    """Config whose encoders rebuild from stored HF configs (no pretrained paths, already truncated)."""
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model))
+    for name, encoder in (("image", model.image_encoder), ("text", model.text_encoder)):
+        section = getattr(config.model, name)
+        hf = {k: v for k, v in encoder.model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+        setattr(config.model, name, dataclasses.replace(section, pretrained=None, config=hf, num_blocks=None))
+    return config
+
+
+def save_pretrained(model: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBase, preprocess: ImagePreprocessor,
+                    folder: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write an inference folder atomically (temporary sibling, then rename); returns its path."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    save_file(state, str(tmp / WEIGHTS))
+    (tmp / CONFIG).write_text(yaml.safe_dump(config_to_dict(_self_contained_config(model, config)), sort_keys=False))
+    tokenizer.save_pretrained(str(tmp / TOKENIZER))
+    (tmp / PREPROCESSING).write_text(json.dumps(preprocess.to_dict(), indent=2))
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("transformers", "mmd2v2"):
+        try:
+            versions[package] = __import__(package).__version__
+        except (ImportError, AttributeError):
+            pass
+    meta = {"format": "mmd2v2-export-v1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions, **metadata}
+    (tmp / METADATA).write_text(json.dumps(meta, indent=2))
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(folder)
+    return folder
+
+
+def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> PretrainedMMD2V2:
+    """Load an exported folder into an eval-mode model with its tokenizer and preprocessing."""
+    folder = Path(folder)
+    for name in (WEIGHTS, CONFIG, METADATA, PREPROCESSING, TOKENIZER):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"'{folder}' is not an mmd2v2 export: missing '{name}'")
+    config = config_from_dict(yaml.safe_load((folder / CONFIG).read_text()))
+    model = MMD2V2(config.model, teacher_dim=None)
+    state = load_file(str(folder / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder / WEIGHTS}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    preprocessing = json.loads((folder / PREPROCESSING).read_text())
+    preprocess = ImagePreprocessor(preprocessing["size"], preprocessing["mean"], preprocessing["std"])
+    return PretrainedMMD2V2(model.to(device).eval(), load_tokenizer(folder / TOKENIZER), preprocess, config,
+                            json.loads((folder / METADATA).read_text()))

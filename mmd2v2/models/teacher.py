@@ -1,0 +1,42 @@
+"""The frozen self-supervised image teacher (BEiT / BEiT-2 architecture) whose CLS is the distillation target."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmd2v2.config import EncoderConfig, TeacherConfig
+from mmd2v2.models.unimodal import load_hf_model
+
+
+class ImageTeacher(nn.Module):
+    """A frozen image model: always in eval mode, never receives gradients, returns its CLS vector."""
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        super().__init__()
+        encoder_cfg = EncoderConfig(family=cfg.family, pretrained=cfg.pretrained, config=cfg.config)
+        self.model = load_hf_model(encoder_cfg, "image", "teacher")
+        self.target = cfg.target
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    @property
+    def dim(self) -> int:
+        """Size of the teacher's CLS vector."""
+        return int(self.model.config.hidden_size)
+
+    def train(self, mode: bool = True) -> ImageTeacher:
+        """The teacher ignores train mode (its drop-path and dropout must stay off)."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """Teacher CLS (B, dim) before or after the final LayerNorm, per `target`."""
+        size = self.model.config.image_size
+        if pixel_values.shape[-1] != size or pixel_values.shape[-2] != size:
+            pixel_values = F.interpolate(pixel_values, size=(size, size), mode="bicubic", align_corners=False)
+        output = self.model(pixel_values=pixel_values, output_hidden_states=self.target == "pre_norm")
+        if self.target == "pre_norm":
+            return output.hidden_states[-1][:, 0].float()
+        return output.last_hidden_state[:, 0].float()
