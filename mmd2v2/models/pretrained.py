@@ -24,6 +24,7 @@ from mmd2v2.config import Config, config_from_dict, config_to_dict
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
 from mmd2v2.models.mmd2v2 import MMD2V2
+from mmd2v2.models.unimodal import portable_config_dict
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -49,7 +50,7 @@ def _self_contained_config(model: MMD2V2, config: Config) -> Config:
     config = dataclasses.replace(config, model=dataclasses.replace(config.model))
     for name, encoder in (("image", model.image_encoder), ("text", model.text_encoder)):
         section = getattr(config.model, name)
-        hf = {k: v for k, v in encoder.model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+        hf = portable_config_dict(encoder.model.config)
         setattr(config.model, name, dataclasses.replace(section, pretrained=None, config=hf, num_blocks=None))
     return config
 

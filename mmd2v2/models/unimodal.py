@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import logging as hf_logging
 from transformers import (
     BeitConfig,
     BeitModel,
@@ -54,6 +56,14 @@ def family_for(name: str, modality: str, key: str) -> Family:
     return family
 
 
+DERIVED_CONFIG_KEYS = ("out_features", "out_indices", "stage_names", "transformers_version", "architectures")
+
+
+def portable_config_dict(config: PretrainedConfig) -> dict[str, Any]:
+    """An HF config as kwargs that rebuild it, without fields derived from the original depth."""
+    return {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in DERIVED_CONFIG_KEYS}
+
+
 def load_hf_model(cfg: EncoderConfig, modality: str, key: str) -> PreTrainedModel:
     """Build the encoder's HF model: random init from `cfg.config`, or `from_pretrained(cfg.pretrained)`.
 
@@ -73,10 +83,15 @@ def load_hf_model(cfg: EncoderConfig, modality: str, key: str) -> PreTrainedMode
     if cfg.num_blocks is not None:
         if not 1 <= cfg.num_blocks <= depth:
             raise ConfigError(f"{key}.num_blocks: got {cfg.num_blocks}, the model has {depth} blocks")
-        config.num_hidden_layers = cfg.num_blocks
+        config = family.config_class(**{**portable_config_dict(config), "num_hidden_layers": cfg.num_blocks})
     if cfg.pretrained is None:
         return family.model_class(config, add_pooling_layer=False)
-    return family.model_class.from_pretrained(cfg.pretrained, config=config, add_pooling_layer=False)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the weights of the dropped blocks are "unexpected" by design
+    try:
+        return family.model_class.from_pretrained(cfg.pretrained, config=config, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:

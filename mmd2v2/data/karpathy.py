@@ -1,0 +1,59 @@
+"""Reader for Karpathy-split caption JSON (COCO, Flickr30K, and the demo set)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a split with all of its captions."""
+
+    image_id: int
+    path: Path
+    captions: tuple[str, ...]
+
+
+SPLIT_ALIASES = {"train": ("train", "restval")}  # COCO's 'restval' images are training images
+
+
+def load_karpathy_split(json_path: str | Path, split: str, image_root: str | Path | None = None) -> list[ImageRecord]:
+    """Records of one split ('train' includes COCO's 'restval'); image path = root/filepath/filename."""
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"caption file '{json_path}' does not exist (expected a Karpathy-split JSON)")
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{json_path}: not valid UTF-8 JSON ({error})") from None
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise ValueError(f"{json_path}: expected a top-level object with an 'images' list")
+    root = Path(image_root) if image_root is not None else json_path.parent
+    wanted = SPLIT_ALIASES.get(split, (split,))
+    records = []
+    for index, entry in enumerate(images):
+        where = f"{json_path}: images[{index}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object")
+        for field in ("filename", "split", "sentences"):
+            if field not in entry:
+                raise ValueError(f"{where}: missing field '{field}'")
+        if entry["split"] not in wanted:
+            continue
+        captions = []
+        for s_index, sentence in enumerate(entry["sentences"]):
+            raw = sentence.get("raw") if isinstance(sentence, dict) else None
+            if not isinstance(raw, str):
+                raise ValueError(f"{where}.sentences[{s_index}]: expected an object with a string 'raw'")
+            if raw.strip():
+                captions.append(raw.strip())
+        if not captions:
+            raise ValueError(f"{where}: no non-empty caption")
+        image_id = entry.get("imgid", index)
+        records.append(ImageRecord(int(image_id), root / entry.get("filepath", "") / entry["filename"], tuple(captions)))
+    if not records:
+        raise ValueError(f"{json_path}: split '{split}' has no images")
+    return records

@@ -1,0 +1,103 @@
+"""Image-caption pairs for training and evaluation: datasets, a resumable sampler, and collation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+from transformers import PreTrainedTokenizerBase
+
+from mmd2v2.data.karpathy import ImageRecord
+from mmd2v2.data.preprocessing import ImagePreprocessor
+
+
+@dataclass
+class PairSample:
+    """One decoded training pair (None image when the file could not be decoded)."""
+
+    pixel_values: Tensor | None
+    caption: str
+    image_id: int
+
+
+class CaptionPairDataset(Dataset[PairSample]):
+    """Every (image, caption) pair of a split; an undecodable image yields a sample marked as bad."""
+
+    def __init__(self, records: list[ImageRecord], preprocess: ImagePreprocessor) -> None:
+        self.records = records
+        self.preprocess = preprocess
+        self.pairs = [(r, c) for r, caption_list in ((r, r.captions) for r in records) for c in caption_list]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> PairSample:
+        record, caption = self.pairs[index]
+        try:
+            pixels: Tensor | None = self.preprocess.load(record.path)
+        except (OSError, ValueError, SyntaxError):
+            pixels = None
+        return PairSample(pixels, caption, record.image_id)
+
+
+class PairCollator:
+    """Stacks good samples, tokenises captions, and counts the samples it had to drop."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: list[PairSample]) -> dict[str, Tensor]:
+        good = [s for s in samples if s.pixel_values is not None]
+        tokens = self.tokenizer(
+            [s.caption for s in good], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ) if good else {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
+        return {
+            "pixel_values": torch.stack([s.pixel_values for s in good]) if good else torch.zeros(0),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "image_ids": torch.tensor([s.image_id for s in good], dtype=torch.long),
+            "num_skipped": torch.tensor(len(samples) - len(good)),
+        }
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Micro-batches of this rank for optimizer steps `start_step` onwards, from a seeded permutation per epoch.
+
+    Each optimizer step consumes one global batch (micro × accumulation × world) of the epoch's permutation;
+    this rank takes its slice of every micro-batch. Resuming at any step gives the same order as an
+    uninterrupted run, and no sample is loaded for the steps skipped.
+    """
+
+    def __init__(self, num_samples: int, micro_batch: int, accumulation: int, world_size: int, rank: int,
+                 seed: int, start_step: int, total_steps: int) -> None:
+        self.num_samples = num_samples
+        self.micro_batch = micro_batch
+        self.accumulation = accumulation
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.start_step = start_step
+        self.total_steps = total_steps
+        self.global_batch = micro_batch * accumulation * world_size
+        self.steps_per_epoch = num_samples // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"dataset has {num_samples} pairs, fewer than one global batch of {self.global_batch}")
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step) * self.accumulation
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, permutation = -1, torch.empty(0, dtype=torch.long)
+        for step in range(self.start_step, self.total_steps):
+            if step // self.steps_per_epoch != epoch:
+                epoch = step // self.steps_per_epoch
+                generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                permutation = torch.randperm(self.num_samples, generator=generator)
+            base = (step % self.steps_per_epoch) * self.global_batch
+            for micro in range(self.accumulation):
+                start = base + (micro * self.world_size + self.rank) * self.micro_batch
+                yield permutation[start : start + self.micro_batch].tolist()

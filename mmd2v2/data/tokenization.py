@@ -1,0 +1,32 @@
+"""Tokenizers: the text encoder's own HF tokenizer, or a word-level one built from a closed vocabulary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+
+
+def build_word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
+    """A lower-casing word-level tokenizer over `vocabulary` with BERT-style [CLS] ... [SEP] framing."""
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + sorted(set(vocabulary) - set(SPECIAL_TOKENS)))}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load an HF tokenizer from a local folder (or a hub id when online)."""
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load tokenizer '{name_or_path}': {str(error).splitlines()[0]}") from None
