@@ -1,0 +1,49 @@
+"""Distillation of the student's CLS towards the frozen teacher's CLS: regression or contrastive with a bank."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmd2v2.losses.contrastive import LearnableLogitScale, masked_cross_entropy, same_id_mask
+from mmd2v2.losses.memory_bank import FeatureQueue
+
+REGRESSION_KINDS = ("mse", "l1", "cosine")
+
+
+def regression_distillation(student: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
+    """Mean MSE, L1 or (1 - cosine) between student outputs and the (detached) teacher targets."""
+    if kind not in REGRESSION_KINDS:
+        raise ValueError(f"distillation kind '{kind}' is unknown (expected one of: {', '.join(REGRESSION_KINDS)})")
+    if student.shape != target.shape:
+        raise ValueError(f"distillation shapes differ: student {tuple(student.shape)} vs teacher {tuple(target.shape)}")
+    target = target.detach().to(student.dtype)
+    if kind == "mse":
+        return F.mse_loss(student, target)
+    if kind == "l1":
+        return F.l1_loss(student, target)
+    return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
+
+
+class ContrastiveDistillation(nn.Module):
+    """InfoNCE of student outputs against [teacher CLS of the batch; a FIFO bank of past teacher CLS]."""
+
+    def __init__(self, teacher_dim: int, bank_size: int = 65536, init_temperature: float = 0.07,
+                 max_logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.bank = FeatureQueue(bank_size, teacher_dim)
+        self.logit_scale = LearnableLogitScale(init_temperature, max_logit_scale)
+
+    def forward(self, student_image: Tensor, student_text: Tensor, teacher_cls: Tensor, image_ids: Tensor) -> dict[str, Tensor]:
+        """Loss terms; the batch's teacher vectors join the bank afterwards."""
+        scale = self.logit_scale()
+        teacher = F.normalize(teacher_cls.detach().float(), dim=-1)
+        bank, bank_ids = self.bank.contents()
+        keys = torch.cat([teacher, bank.to(teacher.device)])
+        exclude = torch.cat([same_id_mask(image_ids, image_ids, True), same_id_mask(image_ids, bank_ids, False)], dim=1)
+        kd_image = masked_cross_entropy(scale * F.normalize(student_image.float(), dim=-1) @ keys.T, exclude)
+        kd_text = masked_cross_entropy(scale * F.normalize(student_text.float(), dim=-1) @ keys.T, exclude)
+        self.bank.enqueue(teacher, image_ids)
+        return {"kd": 0.5 * kd_image + 0.5 * kd_text, "kd_image": kd_image, "kd_text": kd_text,
+                "kd_logit_scale": scale.detach()}

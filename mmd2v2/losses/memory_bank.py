@@ -1,0 +1,41 @@
+"""A FIFO queue of recent feature vectors (with an optional label per entry), saved with the module state."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FeatureQueue(nn.Module):
+    """The `size` most recent vectors; only filled entries are ever returned (no random initial rows)."""
+
+    features: Tensor
+    labels: Tensor
+    ptr: Tensor
+    count: Tensor
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        if size < 1 or dim < 1:
+            raise ValueError(f"memory bank needs a positive size and dim, got size={size} dim={dim}")
+        self.size = size
+        self.register_buffer("features", torch.zeros(size, dim))
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, features: Tensor, labels: Tensor | None = None) -> None:
+        """Append a batch (B, dim), overwriting the oldest entries; a batch over `size` keeps its last rows."""
+        features = features.detach().to(self.features.dtype)[-self.size :]
+        labels = torch.full((len(features),), -1, dtype=torch.long, device=features.device) if labels is None else labels[-self.size :]
+        positions = (self.ptr + torch.arange(len(features), device=self.ptr.device)) % self.size
+        self.features[positions] = features
+        self.labels[positions] = labels.to(self.labels.device, torch.long)
+        self.ptr.copy_((self.ptr + len(features)) % self.size)
+        self.count.copy_(torch.clamp(self.count + len(features), max=self.size))
+
+    def contents(self) -> tuple[Tensor, Tensor]:
+        """The filled entries (features (n, dim), labels (n,)), in slot order."""
+        n = int(self.count)
+        return self.features[:n], self.labels[:n]

@@ -1,0 +1,52 @@
+"""The MM-D2V2 training objective: contrastive image-text loss plus distillation towards the teacher CLS."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mmd2v2.config import LossConfig
+from mmd2v2.losses.contrastive import ContrastiveLoss
+from mmd2v2.losses.distillation import ContrastiveDistillation, regression_distillation
+from mmd2v2.models.mmd2v2 import ModalityOutput
+
+
+class MMD2V2Objective(nn.Module):
+    """Weighted sum of the configured loss terms; returns {"loss": total, term: value, ...}."""
+
+    def __init__(self, cfg: LossConfig, embed_dim: int, teacher_dim: int | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.contrastive = ContrastiveLoss(
+            init_temperature=cfg.init_temperature,
+            max_logit_scale=cfg.max_logit_scale,
+            learnable_temperature=cfg.learnable_temperature,
+            memory_bank_size=cfg.contrastive_memory_bank,
+            embed_dim=embed_dim,
+        ) if cfg.contrastive_weight > 0 else None
+        self.uses_teacher = cfg.kd_weight > 0 and teacher_dim is not None
+        self.contrastive_kd = ContrastiveDistillation(
+            teacher_dim, bank_size=cfg.kd_bank_size, init_temperature=cfg.kd_init_temperature,
+            max_logit_scale=cfg.max_logit_scale,
+        ) if self.uses_teacher and cfg.kd_kind == "contrastive" and teacher_dim else None
+        if self.contrastive is None and not self.uses_teacher:
+            raise ValueError("loss: both loss.contrastive_weight and loss.kd_weight are 0 (or no teacher): nothing to train")
+
+    def forward(self, image: ModalityOutput, text: ModalityOutput, teacher_cls: Tensor | None, image_ids: Tensor) -> dict[str, Tensor]:
+        """All loss terms of one batch, and their weighted total under "loss"."""
+        terms: dict[str, Tensor] = {}
+        total = image.embedding.new_zeros(())
+        if self.contrastive is not None:
+            terms.update(self.contrastive(image.embedding, text.embedding, image_ids))
+            total = total + self.cfg.contrastive_weight * terms["contrastive"]
+        if self.uses_teacher:
+            if teacher_cls is None or image.distill is None or text.distill is None:
+                raise ValueError("distillation needs teacher targets and the student's distillation head")
+            if self.contrastive_kd is not None:
+                terms.update(self.contrastive_kd(image.distill, text.distill, teacher_cls, image_ids))
+            else:
+                terms["kd_image"] = regression_distillation(image.distill, teacher_cls, self.cfg.kd_kind)
+                terms["kd_text"] = regression_distillation(text.distill, teacher_cls, self.cfg.kd_kind)
+                terms["kd"] = terms["kd_image"] + terms["kd_text"]
+            total = total + self.cfg.kd_weight * terms["kd"]
+        terms["loss"] = total
+        return terms

@@ -1,0 +1,1 @@
+"""Retrieval: batch encoding, recall@k with FAISS, evaluation of checkpoints."""

@@ -1,0 +1,54 @@
+"""Batched encoding of a split's images and captions with a trained model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mmd2v2.data.karpathy import ImageRecord
+from mmd2v2.models.pretrained import PretrainedMMD2V2
+
+
+@dataclass
+class SplitEmbeddings:
+    """Image and caption embeddings of a split, with each caption's image row."""
+
+    image_emb: np.ndarray  # (N, D) float32, L2-normalised
+    text_emb: np.ndarray  # (M, D)
+    text_image_index: np.ndarray  # (M,) row of each caption's image
+    num_skipped: int  # images that could not be decoded (and their captions), left out
+
+
+def encode_split(bundle: PretrainedMMD2V2, records: list[ImageRecord], batch_size: int = 128,
+                 max_text_length: int = 64, progress: bool = True) -> SplitEmbeddings:
+    """Encode every decodable image of `records` and all of its captions."""
+    model, device = bundle.model.eval(), next(bundle.model.parameters()).device
+    image_chunks, text_chunks, kept, skipped = [], [], [], 0
+    bar = tqdm(total=len(records), desc="encode images", unit="img", disable=not progress)
+    for start in range(0, len(records), batch_size):
+        pixels = []
+        for record in records[start : start + batch_size]:
+            try:
+                pixels.append(bundle.preprocess.load(record.path))
+                kept.append(record)
+            except (OSError, ValueError, SyntaxError):
+                skipped += 1
+        if pixels:
+            with torch.inference_mode():
+                image_chunks.append(model.encode_images(torch.stack(pixels).to(device)).float().cpu().numpy())
+        bar.update(len(records[start : start + batch_size]))
+    bar.close()
+    if not kept:
+        raise ValueError("no image of the split could be decoded")
+    captions = [c for r in kept for c in r.captions]
+    text_image_index = np.asarray([i for i, r in enumerate(kept) for _ in r.captions], dtype=np.int64)
+    for start in tqdm(range(0, len(captions), batch_size), desc="encode texts", unit="batch", disable=not progress):
+        tokens = bundle.tokenizer(captions[start : start + batch_size], padding=True, truncation=True,
+                                  max_length=max_text_length, return_tensors="pt")
+        with torch.inference_mode():
+            emb = model.encode_texts(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        text_chunks.append(emb.float().cpu().numpy())
+    return SplitEmbeddings(np.concatenate(image_chunks), np.concatenate(text_chunks), text_image_index, skipped)

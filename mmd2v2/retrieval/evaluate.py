@@ -1,0 +1,31 @@
+"""Retrieval evaluation of an exported checkpoint on a Karpathy-style split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmd2v2.config import Config
+from mmd2v2.data.karpathy import load_karpathy_split
+from mmd2v2.models.pretrained import PretrainedMMD2V2
+from mmd2v2.retrieval.encode import encode_split
+from mmd2v2.retrieval.recall import recall_at_k
+
+
+def resolve_dataset(config: Config) -> tuple[Path, Path | None]:
+    """The caption JSON and image root a config points at (the demo set lives in data.demo_dir)."""
+    if config.data.karpathy_json is not None:
+        return Path(config.data.karpathy_json), Path(config.data.image_root) if config.data.image_root else None
+    if config.data.demo:
+        return Path(config.data.demo_dir) / "dataset_demo.json", None
+    raise ValueError("data.karpathy_json is not set (and data.demo is false): no dataset to use")
+
+
+def evaluate_retrieval(bundle: PretrainedMMD2V2, json_path: Path, image_root: Path | None, split: str,
+                       batch_size: int, ks: list[int], progress: bool = True) -> dict[str, object]:
+    """Recall@k both ways on `split`, plus the split's sizes: {"image_to_text": {...}, "text_to_image": {...}, ...}."""
+    records = load_karpathy_split(json_path, split, image_root)
+    embeddings = encode_split(bundle, records, batch_size, bundle.config.data.max_text_length, progress)
+    recalls: dict[str, object] = dict(recall_at_k(embeddings.image_emb, embeddings.text_emb, embeddings.text_image_index, ks))
+    recalls.update({"split": split, "num_images": int(len(embeddings.image_emb)),
+                    "num_texts": int(len(embeddings.text_emb)), "skipped_images": embeddings.num_skipped})
+    return recalls

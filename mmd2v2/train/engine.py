@@ -1,0 +1,79 @@
+"""DeepSpeed set-up: process environment, the DeepSpeed JSON built from the config, engine creation."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mmd2v2.config import Config
+from mmd2v2.train.schedule import WarmupCosine
+
+NO_DECAY_KEYWORDS = ("embedding", "logit_scale", "gamma")
+
+
+def ensure_distributed_env() -> None:
+    """Set the variables a launcher would (single process) so DeepSpeed needs no MPI, then init the group."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(port)})
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def deepspeed_config(config: Config, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON for this run (batch sizes, AdamW, ZeRO stage, precision, clipping)."""
+    ds, optim = config.deepspeed, config.optim
+    micro = config.trainer.micro_batch_size
+    base = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "train_batch_size": micro * ds.gradient_accumulation_steps * world_size,
+        "gradient_clipping": ds.gradient_clipping,
+        "optimizer": {"type": "AdamW", "params": {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,
+                                                  "weight_decay": optim.weight_decay, "torch_adam": True}},
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": ds.precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return _deep_merge(base, ds.extra)
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, embeddings, temperatures and LayerScale."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or any(k in name for k in NO_DECAY_KEYWORDS)
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def create_engine(module: nn.Module, config: Config, total_steps: int) -> Any:
+    """Wrap `module` in a DeepSpeed engine with AdamW and the warm-up + cosine schedule."""
+    world_size = dist.get_world_size()
+    groups = parameter_groups(module, config.optim.weight_decay)
+    schedule = WarmupCosine(total_steps, round(config.optim.warmup_fraction * total_steps), config.optim.min_lr_ratio)
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=module, model_parameters=groups, config=deepspeed_config(config, world_size),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
+    return engine

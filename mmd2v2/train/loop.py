@@ -1,0 +1,249 @@
+"""The training run: data, model, DeepSpeed engine, loop with logging and checkpoints, export, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from mmd2v2.config import Config, dump_config
+from mmd2v2.data.demo_scenes import write_demo_dataset
+from mmd2v2.data.karpathy import load_karpathy_split
+from mmd2v2.data.pairs import CaptionPairDataset, PairCollator, ResumableBatchSampler
+from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
+from mmd2v2.losses.objective import MMD2V2Objective
+from mmd2v2.models.mmd2v2 import MMD2V2
+from mmd2v2.models.pretrained import load_pretrained, save_pretrained
+from mmd2v2.models.teacher import ImageTeacher
+from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
+from mmd2v2.retrieval.recall import format_recall_table
+from mmd2v2.train.checkpoint import latest_complete_tag, load_checkpoint, save_checkpoint
+from mmd2v2.train.engine import create_engine, ensure_distributed_env
+
+
+class TrainingModule(nn.Module):
+    """What DeepSpeed optimises: the student plus the loss's learnable state (temperatures, memory banks)."""
+
+    def __init__(self, student: MMD2V2, objective: MMD2V2Objective) -> None:
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, image_ids: Tensor,
+                teacher_cls: Tensor | None) -> dict[str, Tensor]:
+        """Loss terms of one batch."""
+        image = self.student.image_forward(pixel_values)
+        text = self.student.text_forward(input_ids, attention_mask)
+        return self.objective(image, text, teacher_cls, image_ids)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_data(config: Config) -> tuple[Path, Path | None]:
+    """Generate the demo set when asked (rank 0, others wait) and return the caption JSON and image root."""
+    if config.data.demo and config.data.karpathy_json is None:
+        if dist.get_rank() == 0:
+            write_demo_dataset(config.data.demo_dir, config.data.demo_num_train, config.data.demo_num_val,
+                               config.data.demo_num_test, config.data.image_size, config.data.demo_seed)
+        dist.barrier()
+    json_path, image_root = resolve_dataset(config)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"data.karpathy_json: '{json_path}' does not exist (expected a Karpathy-split JSON)")
+    if image_root is not None and not image_root.is_dir():
+        raise FileNotFoundError(f"data.image_root: '{image_root}' is not a folder")
+    return json_path, image_root
+
+
+def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTokenizerBase, Config]:
+    """The run's tokenizer; a word-level one over the training captions when no tokenizer is given.
+
+    A randomly initialised text encoder is sized to the tokenizer (vocab_size, pad_token_id).
+    """
+    source = config.data.tokenizer or config.model.text.pretrained
+    tokenizer = load_tokenizer(source) if source else build_word_tokenizer([w for c in captions for w in c.lower().split()])
+    if config.model.text.pretrained is None:
+        text_cfg = dict(config.model.text.config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        text = dataclasses.replace(config.model.text, config=text_cfg)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
+    return tokenizer, config
+
+
+def rng_state() -> dict[str, Any]:
+    """Random-number state of this process (stochastic depth and dropout draw from it)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": [*np.random.get_state()[1].tolist(), np.random.get_state()[2]],
+                             "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved, so a resumed run draws the same numbers as an uninterrupted one."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.asarray(state["numpy"][:-1], dtype=np.uint32), int(state["numpy"][-1]), 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class MetricWindow:
+    """Running means of the loss terms between two log points (kept as tensors until read)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, Tensor]) -> None:
+        """Accumulate one micro-batch's terms."""
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        """Means since the last call, then reset."""
+        means = {k: float(v) / max(1, self.count) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+def _to_device(batch: dict[str, Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
+
+
+def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train, export and evaluate one run; returns the final metrics (rank 0) or {} (other ranks)."""
+    output_dir = Path(output_dir)
+    config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, output_dir=str(output_dir)))
+    ensure_distributed_env()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    seed_everything(config.trainer.seed)
+    json_path, image_root = prepare_data(config)
+    records = load_karpathy_split(json_path, "train", image_root)
+    tokenizer, config = prepare_tokenizer(config, [c for r in records for c in r.captions])
+    preprocess = ImagePreprocessor(config.data.image_size, config.data.image_mean, config.data.image_std)
+    dataset = CaptionPairDataset(records, preprocess)
+
+    teacher = ImageTeacher(config.teacher) if config.teacher.enabled and config.loss.kd_weight > 0 else None
+    student = MMD2V2(config.model, teacher_dim=teacher.dim if teacher else None)
+    objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher.dim if teacher else None)
+    accumulation = config.deepspeed.gradient_accumulation_steps
+    global_batch = config.trainer.micro_batch_size * accumulation * world
+    steps_per_epoch = len(dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(dataset)} pairs, fewer than one global batch of {global_batch}")
+    total_steps = config.trainer.max_steps or max(1, math.ceil(config.trainer.epochs * steps_per_epoch))
+    engine = create_engine(TrainingModule(student, objective), config, total_steps)
+    device, dtype = engine.device, next(engine.module.parameters()).dtype
+    if teacher is not None:
+        teacher.to(device)
+
+    step, skipped = 0, 0
+    tag = latest_complete_tag(output_dir) if resume else None
+    if tag is not None:
+        state = load_checkpoint(engine, output_dir, tag)
+        step, skipped = int(state["step"]), int(state["skipped"])
+        restore_rng_state(state["rng"])
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, output_dir / "config.yaml")
+        if resume:
+            print(f"resuming from {tag} (step {step})" if tag else "no complete checkpoint found: starting from step 0")
+
+    sampler = ResumableBatchSampler(len(dataset), config.trainer.micro_batch_size, accumulation, world, rank,
+                                    config.trainer.seed, step, total_steps)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PairCollator(tokenizer, config.data.max_text_length),
+                        num_workers=config.data.num_workers,
+                        generator=torch.Generator().manual_seed(config.trainer.seed))  # keeps the global RNG untouched
+    writer = SummaryWriter(str(output_dir / "tb")) if rank == 0 else None
+    window, samples_since, last_log = MetricWindow(), 0, time.perf_counter()
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
+               disable=rank != 0 or not config.trainer.progress_bar)
+    engine.train()
+    seen = 0
+    for batch in loader:
+        skipped += int(batch.pop("num_skipped"))
+        seen += config.trainer.micro_batch_size
+        if seen >= global_batch // world and skipped >= seen:
+            raise ValueError(f"no training image could be decoded (first: '{dataset.pairs[0][0].path}'); check data.image_root")
+        if len(batch["image_ids"]) < 2:
+            continue  # nothing to contrast (only possible when almost a whole batch failed to decode)
+        batch = _to_device(batch, device, dtype)
+        teacher_cls = teacher(batch["pixel_values"]) if teacher is not None else None
+        terms = engine(**batch, teacher_cls=teacher_cls)
+        engine.backward(terms["loss"])
+        engine.step()
+        window.add(terms)
+        samples_since += len(batch["image_ids"]) * world
+        if engine.global_steps == step:
+            continue  # inside a gradient-accumulation window
+        step = engine.global_steps
+        bar.update(step - bar.n)
+        if step % config.trainer.log_every == 0 or step == total_steps:
+            means = window.means()
+            elapsed = time.perf_counter() - last_log
+            bar.set_postfix(loss=f"{means['loss']:.3f}")
+            if writer is not None:
+                record = {"step": step, **means, "lr": engine.get_lr()[0], "samples_per_s": samples_since / max(elapsed, 1e-9)}
+                with (output_dir / "train_log.jsonl").open("a") as log:
+                    log.write(json.dumps(record) + "\n")
+                for key, value in means.items():
+                    writer.add_scalar(f"loss/{key}" if "scale" not in key else f"temperature/{key}", value, step)
+                for key in ("logit_scale", "kd_logit_scale"):
+                    if key in means:
+                        writer.add_scalar(f"temperature/{key.replace('logit_scale', 'T')}", 1.0 / means[key], step)
+                writer.add_scalar("optim/lr", record["lr"], step)
+                writer.add_scalar("speed/samples_per_s", record["samples_per_s"], step)
+            samples_since, last_log = 0, time.perf_counter()
+        if step % config.trainer.checkpoint_every == 0 and step < total_steps:
+            save_checkpoint(engine, output_dir, step, {"step": step, "skipped": skipped, "rng": rng_state()},
+                            config.trainer.keep_checkpoints)
+    bar.close()
+    save_checkpoint(engine, output_dir, step, {"step": step, "skipped": skipped, "rng": rng_state()},
+                            config.trainer.keep_checkpoints)
+    if writer is not None:
+        writer.close()
+    if rank != 0:
+        return {}
+    return finish_run(engine.module.student, config, tokenizer, preprocess, output_dir, step, skipped, json_path, image_root)
+
+
+def finish_run(student: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBase, preprocess: ImagePreprocessor,
+               output_dir: Path, step: int, skipped: int, json_path: Path, image_root: Path | None) -> dict[str, Any]:
+    """Export the student, evaluate retrieval on the configured split, print and save the metrics."""
+    export_dir = save_pretrained(student, config, tokenizer, preprocess, output_dir / "export",
+                                 {"step": step, "skipped_train_samples": skipped})
+    bundle = load_pretrained(export_dir)
+    metrics = evaluate_retrieval(bundle, json_path, image_root, config.eval.split, config.eval.batch_size,
+                                 config.eval.ks, config.trainer.progress_bar)
+    metrics["skipped_train_samples"] = skipped
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    meta_path = export_dir / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["metrics"] = metrics
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(meta_path)
+    print(f"\nretrieval on '{config.eval.split}' ({metrics['num_images']} images, {metrics['num_texts']} captions):")
+    print(format_recall_table(metrics))
+    print(f"skipped training samples (undecodable images): {skipped}")
+    print(f"exported model: {export_dir}")
+    return metrics
