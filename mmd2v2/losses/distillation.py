@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmd2v2.losses.contrastive import LearnableLogitScale, masked_cross_entropy, same_id_mask
+from mmd2v2.losses.contrastive import LearnableLogitScale, keys_with_bank, masked_cross_entropy
 from mmd2v2.losses.memory_bank import FeatureQueue
 
 REGRESSION_KINDS = ("mse", "l1", "cosine")
@@ -26,22 +26,19 @@ def regression_distillation(student: Tensor, target: Tensor, kind: str = "mse") 
     return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
 
 
-class ContrastiveDistillation(nn.Module):
+class ContrastiveDistillation(LearnableLogitScale):
     """InfoNCE of student outputs against [teacher CLS of the batch; a FIFO bank of past teacher CLS]."""
 
     def __init__(self, teacher_dim: int, bank_size: int = 65536, init_temperature: float = 0.07,
                  max_logit_scale: float = 100.0) -> None:
-        super().__init__()
+        super().__init__(init_temperature, max_logit_scale)
         self.bank = FeatureQueue(bank_size, teacher_dim)
-        self.logit_scale = LearnableLogitScale(init_temperature, max_logit_scale)
 
     def forward(self, student_image: Tensor, student_text: Tensor, teacher_cls: Tensor, image_ids: Tensor) -> dict[str, Tensor]:
         """Loss terms; the batch's teacher vectors join the bank afterwards."""
         scale = self.logit_scale()
         teacher = F.normalize(teacher_cls.detach().float(), dim=-1)
-        bank, bank_ids = self.bank.contents()
-        keys = torch.cat([teacher, bank.to(teacher.device)])
-        exclude = torch.cat([same_id_mask(image_ids, image_ids, True), same_id_mask(image_ids, bank_ids, False)], dim=1)
+        keys, exclude = keys_with_bank(teacher, image_ids, self.bank)
         kd_image = masked_cross_entropy(scale * F.normalize(student_image.float(), dim=-1) @ keys.T, exclude)
         kd_text = masked_cross_entropy(scale * F.normalize(student_text.float(), dim=-1) @ keys.T, exclude)
         self.bank.enqueue(teacher, image_ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -19,19 +21,26 @@ class FeatureQueue(nn.Module):
         if size < 1 or dim < 1:
             raise ValueError(f"memory bank needs a positive size and dim, got size={size} dim={dim}")
         self.size = size
-        self.register_buffer("features", torch.zeros(size, dim))
+        self.register_buffer("features", torch.zeros(size, dim, dtype=torch.float32))
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> FeatureQueue:
+        """Apply `fn` like any module, but keep the features in float32 (e.g. under a bf16 engine)."""
+        super()._apply(fn, recurse)
+        self.features = self.features.float()
+        return self
+
     @torch.no_grad()
     def enqueue(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Append a batch (B, dim), overwriting the oldest entries; a batch over `size` keeps its last rows."""
-        features = features.detach().to(self.features.dtype)[-self.size :]
-        labels = torch.full((len(features),), -1, dtype=torch.long, device=features.device) if labels is None else labels[-self.size :]
+        features = features.detach()[-self.size :].to(self.features.device, torch.float32)
+        if labels is None:
+            labels = torch.full((len(features),), -1, dtype=torch.long)
         positions = (self.ptr + torch.arange(len(features), device=self.ptr.device)) % self.size
         self.features[positions] = features
-        self.labels[positions] = labels.to(self.labels.device, torch.long)
+        self.labels[positions] = labels[-self.size :].to(self.labels.device, torch.long)
         self.ptr.copy_((self.ptr + len(features)) % self.size)
         self.count.copy_(torch.clamp(self.count + len(features), max=self.size))
 

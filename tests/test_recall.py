@@ -1,0 +1,145 @@
+"""Recall@k: a hand-worked example, a brute-force reference, torchmetrics, blocking, validation and the table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.retrieval import RetrievalHitRate
+
+from mmd2v2.retrieval import first_hit_ranks, format_recall_table, recall_at_k, recall_curve, rsum
+
+# Three images and five captions in 2-D (captions 0, 1 belong to image 0; 2 to image 1; 3, 4 to image 2).
+IMAGES = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+TEXTS = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-1.0, 0.0]], dtype=np.float32)
+OWNER = np.array([0, 0, 1, 2, 2])
+
+
+def test_hand_worked_example() -> None:
+    # image 0 scores texts [1, 0, .6, .8, -1]: its caption 0 is first → rank 0
+    # image 1 scores texts [0, 1, .8, .6, 0]: caption 1 (image 0's) first, its own caption 2 second → rank 1
+    # image 2 scores texts [.6, .8, 1, .96, -.6]: caption 2 (image 1's) first, its caption 3 second → rank 1
+    # caption 0 scores images [1, 0, .6]: own image 0 first → rank 0; caption 1 → [0, 1, .8]: image 0 third → 2
+    # caption 2 → [.6, .8, 1]: image 1 second → 1; caption 3 → [.8, .6, .96]: image 2 first → 0
+    # caption 4 → [-1, 0, -.6]: image 2 second → 1
+    i2t, t2i = first_hit_ranks(IMAGES, TEXTS, OWNER, max_k=50)  # max_k is clipped to the 3 images / 5 texts
+    assert i2t.tolist() == [0, 1, 1] and t2i.tolist() == [0, 2, 1, 0, 1]
+    # with max_k=1 every rank beyond the top 1 reads as 1 ("not in the top max_k")
+    i2t, t2i = first_hit_ranks(IMAGES, TEXTS, OWNER, max_k=1)
+    assert i2t.tolist() == [0, 1, 1] and t2i.tolist() == [0, 1, 1, 0, 1]
+    # R@k = share of ranks < k: i2t 1/3, 3/3, 3/3; t2i 2/5, 4/5, 5/5
+    recalls = recall_at_k(IMAGES, TEXTS, OWNER, ks=(1, 2, 3))
+    assert list(recalls) == ["image_to_text", "text_to_image"] and list(recalls["text_to_image"]) == ["R@1", "R@2", "R@3"]
+    assert recalls["image_to_text"] == pytest.approx({"R@1": 100 / 3, "R@2": 100.0, "R@3": 100.0})
+    assert recalls["text_to_image"] == pytest.approx({"R@1": 40.0, "R@2": 80.0, "R@3": 100.0})
+
+
+def _random_set(seed: int, images: int = 200, per_image: int = 5, dim: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(images, dim)).astype(np.float32)
+    owner = np.repeat(np.arange(images), per_image)
+    text = image[owner] + rng.normal(scale=1.5, size=(len(owner), dim)).astype(np.float32)
+    return _normalise(image), _normalise(text), owner
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _brute_force_ranks(image: np.ndarray, text: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0-based rank of the first correct item from full score matrices sorted with argsort."""
+    scores = image.astype(np.float64) @ text.T.astype(np.float64)
+    text_order = np.argsort(-scores, axis=1)
+    i2t = np.array([np.flatnonzero(owner[text_order[i]] == i)[0] for i in range(len(image))])
+    image_order = np.argsort(-scores.T, axis=1)
+    t2i = np.array([np.flatnonzero(image_order[j] == owner[j])[0] for j in range(len(text))])
+    return i2t, t2i
+
+
+def test_matches_brute_force_reference() -> None:
+    image, text, owner = _random_set(0)
+    ref_i2t, ref_t2i = _brute_force_ranks(image, text, owner)
+    i2t, t2i = first_hit_ranks(image, text, owner, max_k=10)
+    assert np.array_equal(i2t, np.minimum(ref_i2t, 10)) and np.array_equal(t2i, np.minimum(ref_t2i, 10))
+    recalls = recall_at_k(image, text, owner)
+    for k in (1, 5, 10):
+        assert recalls["image_to_text"][f"R@{k}"] == pytest.approx(100 * np.mean(ref_i2t < k), abs=1e-9)
+        assert recalls["text_to_image"][f"R@{k}"] == pytest.approx(100 * np.mean(ref_t2i < k), abs=1e-9)
+    assert 0 < recalls["text_to_image"]["R@1"] < 100  # the set is neither trivial nor hopeless
+
+
+def test_matches_torchmetrics_hit_rate() -> None:
+    # RetrievalHitRate@k is 1 for a query if ANY relevant item is in its top k: exactly the protocol's
+    # "any caption" definition for image→text (RetrievalRecall would be the fraction of captions found).
+    # For text→image each caption has one relevant image, so hit rate and recall coincide.
+    image, text, owner = _random_set(1, images=60)
+    recalls = recall_at_k(image, text, owner)
+    scores = torch.from_numpy(image @ text.T)
+    relevant = torch.from_numpy(owner[None, :] == np.arange(len(image))[:, None])
+    image_query = torch.arange(len(image))[:, None].expand_as(scores).flatten()
+    text_query = torch.arange(len(text))[:, None].expand_as(scores.T).flatten()
+    for k in (1, 5, 10):
+        i2t = RetrievalHitRate(top_k=k)(scores.flatten(), relevant.flatten(), indexes=image_query).item()
+        t2i = RetrievalHitRate(top_k=k)(scores.T.flatten(), relevant.T.flatten(), indexes=text_query).item()
+        # torchmetrics averages in float32, so compare fractions rather than percent
+        assert recalls["image_to_text"][f"R@{k}"] / 100 == pytest.approx(i2t, abs=1e-6)
+        assert recalls["text_to_image"][f"R@{k}"] / 100 == pytest.approx(t2i, abs=1e-6)
+
+
+def test_uneven_captions_blocking_tensors_and_curve() -> None:
+    image, text, owner = _random_set(2, images=50)
+    keep = np.random.default_rng(3).random(len(owner)) < 0.6
+    keep[np.unique(owner, return_index=True)[1]] = True  # every image keeps at least one caption
+    text, owner = text[keep], owner[keep]
+    assert len(set(np.bincount(owner).tolist())) > 2  # caption counts really are uneven
+    small = first_hit_ranks(image, text, owner, max_k=20, query_block=7)
+    large = first_hit_ranks(image, text, owner, max_k=20, query_block=4096)
+    from_tensors = first_hit_ranks(torch.from_numpy(image), torch.from_numpy(text), torch.from_numpy(owner), max_k=20)
+    ref_i2t, ref_t2i = _brute_force_ranks(image, text, owner)
+    for ranks in (small, large, from_tensors):
+        assert np.array_equal(ranks[0], np.minimum(ref_i2t, 20)) and np.array_equal(ranks[1], np.minimum(ref_t2i, 20))
+    curve = recall_curve(image, text, owner, max_k=20)
+    assert curve["k"].tolist() == list(range(1, 21))
+    assert np.all(np.diff(curve["image_to_text"]) >= 0) and np.all(np.diff(curve["text_to_image"]) >= 0)
+    recalls = recall_at_k(image, text, owner)
+    for k in (1, 5, 10):
+        assert curve["image_to_text"][k - 1] == recalls["image_to_text"][f"R@{k}"]
+        assert curve["text_to_image"][k - 1] == recalls["text_to_image"][f"R@{k}"]
+
+
+@pytest.mark.parametrize(("images", "texts", "owner", "message"), [
+    (IMAGES, np.ones((2, 3), np.float32), [0, 1], "embedding dims differ"),
+    (IMAGES, TEXTS, [0, 1], "text_image_index has 2 entries for 5 texts"),
+    (IMAGES, TEXTS, [0, 0, 1, 2, 3], r"values must lie in \[0, 2\]"),
+    (IMAGES, TEXTS, [0, 0, 1, 2, -1], r"values must lie in \[0, 2\]"),
+    (IMAGES, TEXTS, [0.0, 0.0, 1.0, 2.0, 2.0], "expected a 1-D integer array"),
+    (IMAGES, TEXTS, [0, 0, 1, 1, 1], "every image needs at least one caption"),
+    (IMAGES, np.full((5, 2), np.nan, np.float32), OWNER, "text_emb: contains NaN or infinite"),
+    (np.full((3, 2), np.inf, np.float32), TEXTS, OWNER, "image_emb: contains NaN or infinite"),
+    (IMAGES, np.zeros((0, 2), np.float32), [], "text_emb: expected a non-empty"),
+    (np.zeros((0, 2), np.float32), TEXTS, OWNER, "image_emb: expected a non-empty"),
+])
+def test_bad_inputs_raise_one_line(images: np.ndarray, texts: np.ndarray, owner: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as error:
+        recall_at_k(images, texts, np.asarray(owner))
+    assert "\n" not in str(error.value)
+
+
+def test_bad_k_and_block_raise() -> None:
+    with pytest.raises(ValueError, match="ks must be a non-empty"):
+        recall_at_k(IMAGES, TEXTS, OWNER, ks=())
+    with pytest.raises(ValueError, match="max_k and query_block must be >= 1"):
+        first_hit_ranks(IMAGES, TEXTS, OWNER, query_block=0)
+    with pytest.raises(ValueError, match="max_k and query_block must be >= 1"):
+        recall_curve(IMAGES, TEXTS, OWNER, max_k=0)
+
+
+def test_table_shows_numbers_and_rsum() -> None:
+    recalls = recall_at_k(IMAGES, TEXTS, OWNER, ks=(1, 2, 3))
+    assert rsum(recalls) == pytest.approx(100 / 3 + 200 + 40 + 80 + 100)
+    lines = format_recall_table(recalls).splitlines()
+    assert lines[0].split() == ["R@1", "R@2", "R@3"]
+    assert lines[1].split() == ["image→text", "33.33", "100.00", "100.00"]
+    assert lines[2].split() == ["text→image", "40.00", "80.00", "100.00"]
+    assert lines[3].split() == ["rsum", "453.33"]
+    assert len({len(line) for line in lines[:3]}) == 1  # the rows are aligned
