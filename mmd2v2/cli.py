@@ -73,10 +73,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_demo_data(args: argparse.Namespace) -> int:
-    """Write the procedural demo dataset."""
-    from mmd2v2.data.demo_scenes import write_demo_dataset
+    """Write the procedural demo dataset (arguments as `python -m mmd2v2.data.demo_scenes`)."""
+    from mmd2v2.data.demo_scenes import main as demo_main
 
-    print(write_demo_dataset(args.out, args.num_train, args.num_val, args.num_test, args.image_size, args.seed))
+    demo_main(args.demo_args)
     return 0
 
 
@@ -95,13 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(commands.add_parser("train", help="train a model (single process; use deepspeed train.py for many)"))
     add_eval_arguments(commands.add_parser("eval", help="retrieval recall@k of a checkpoint"))
-    demo = commands.add_parser("demo-data", help="write the procedural demo dataset")
-    demo.add_argument("out", type=Path)
-    demo.add_argument("--num-train", type=int, default=6000)
-    demo.add_argument("--num-val", type=int, default=200)
-    demo.add_argument("--num-test", type=int, default=500)
-    demo.add_argument("--image-size", type=int, default=64)
-    demo.add_argument("--seed", type=int, default=0)
+    demo = commands.add_parser("demo-data", help="write the procedural demo dataset (OUT_DIR [--num-train N ...])",
+                               add_help=False)
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     handlers = {"train": run_train, "eval": run_eval, "demo-data": run_demo_data}
     return guarded(handlers[args.command], args)
