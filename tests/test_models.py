@@ -112,3 +112,4 @@ def test_teacher_is_frozen_and_always_in_eval_mode() -> None:
     pre = ImageTeacher(TeacherConfig(family="beit", target="pre_norm", config={**TINY_VISION, "use_mean_pooling": False}))
     pre.load_state_dict(teacher.state_dict())
     assert not torch.allclose(pre(pixels), first)  # before vs after the final LayerNorm
+    torch.testing.assert_close(teacher(pixels.bfloat16()), first, rtol=0.05, atol=0.05)  # a bf16 engine's input

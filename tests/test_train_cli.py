@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -105,3 +106,16 @@ def test_undecodable_training_images_are_skipped_counted_and_reported(demo_dir: 
     skipped = json.loads((run / "metrics.json").read_text())["skipped_train_samples"]
     assert skipped > 0
     assert f"skipped training samples (undecodable images): {skipped}" in result.stdout
+
+
+def test_zero2_accumulation_and_contrastive_distillation(demo_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "z2"
+    result = _run("train.py", "--config", "configs/demo.yaml", "--output-dir", str(run),
+                  *tiny_overrides(run, demo_dir, **{"deepspeed.zero_stage": 2,
+                                                   "deepspeed.gradient_accumulation_steps": 2, "trainer.micro_batch_size": 8,
+                                                   "loss.kd_kind": "contrastive", "loss.kd_bank_size": 32,
+                                                   "trainer.max_steps": 3, "trainer.checkpoint_every": 100}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert {"kd_logit_scale", "kd_image", "kd_text"} <= set(log[0]) and all(math.isfinite(r["loss"]) for r in log)

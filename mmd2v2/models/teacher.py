@@ -33,6 +33,7 @@ class ImageTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, pixel_values: Tensor) -> Tensor:
         """Teacher CLS (B, dim) before or after the final LayerNorm, per `target`."""
+        pixel_values = pixel_values.to(self.model.dtype)  # the engine may feed bf16; the teacher keeps its own dtype
         size = self.model.config.image_size
         if pixel_values.shape[-1] != size or pixel_values.shape[-2] != size:
             pixel_values = F.interpolate(pixel_values, size=(size, size), mode="bicubic", align_corners=False)
