@@ -7,6 +7,7 @@ Every key is checked: a misspelled or unknown key, or a value of the wrong type,
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,22 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration key or value that is unknown, missing or of the wrong type."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but `1e-3` and `5E+4` read as floats, as in YAML 1.2 (PyYAML needs a dot)."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text the way every mmd2v2 config is read."""
+    return yaml.load(text, Loader=_ConfigLoader)
 
 
 @dataclass
@@ -245,7 +262,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}': expected key.sub=value")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), read_yaml(raw) if raw != "" else ""
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -270,7 +287,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = read_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config file '{path}' is not valid YAML: {error}".splitlines()[0]) from None
         if not isinstance(data, dict):

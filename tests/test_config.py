@@ -23,6 +23,15 @@ def test_demo_config_loads_with_overrides() -> None:
     assert config.model.text.family == "data2vec-text"
 
 
+def test_exponent_floats_read_as_numbers(tmp_path: Path) -> None:
+    # PyYAML alone reads `2e-3` as a string; configs and overrides follow YAML 1.2 instead.
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 5e-4}\nmodel:\n  image:\n    config: {layer_norm_eps: 1E-6}\n")
+    config = load_config(path, ["loss.kd_weight=2e-1"])
+    assert config.optim.lr == 5e-4 and config.loss.kd_weight == 0.2
+    assert config.model.image.config["layer_norm_eps"] == 1e-6
+
+
 def test_defaults_without_file() -> None:
     config = load_config(None)
     assert config.loss.init_temperature == 0.07 and config.loss.max_logit_scale == 100.0

@@ -20,7 +20,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from mmd2v2.config import Config, config_from_dict, config_to_dict
+from mmd2v2.config import Config, config_from_dict, config_to_dict, read_yaml
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
 from mmd2v2.models.mmd2v2 import MMD2V2
@@ -92,7 +92,7 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> P
     for name in (WEIGHTS, CONFIG, METADATA, PREPROCESSING, TOKENIZER):
         if not (folder / name).exists():
             raise FileNotFoundError(f"'{folder}' is not an mmd2v2 export: missing '{name}'")
-    config = config_from_dict(yaml.safe_load((folder / CONFIG).read_text()))
+    config = config_from_dict(read_yaml((folder / CONFIG).read_text()))
     model = MMD2V2(config.model, teacher_dim=None)
     state = load_file(str(folder / WEIGHTS))
     missing, unexpected = model.load_state_dict(state, strict=False)
