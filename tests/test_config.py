@@ -19,7 +19,7 @@ def test_demo_config_loads_with_overrides() -> None:
     assert config.optim.betas == [0.9, 0.95]
     assert config.trainer.max_steps == 7
     assert config.model.image.config["hidden_size"] == 64
-    assert config.model.image.config["patch_size"] == 8  # the rest of the YAML mapping is kept
+    assert config.model.image.config["patch_size"] == 16  # the rest of the YAML mapping is kept
     assert config.model.text.family == "data2vec-text"
 
 
