@@ -178,7 +178,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
                disable=rank != 0 or not config.trainer.progress_bar)
     engine.train()
-    seen = 0
+    seen, loop_start = 0, time.perf_counter()
     for batch in loader:
         skipped += int(batch.pop("num_skipped"))
         seen += config.trainer.micro_batch_size
@@ -217,17 +217,20 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
             save_checkpoint(engine, output_dir, step, {"step": step, "skipped": skipped, "rng": rng_state()},
                             config.trainer.keep_checkpoints)
     bar.close()
+    train_seconds = time.perf_counter() - loop_start
     save_checkpoint(engine, output_dir, step, {"step": step, "skipped": skipped, "rng": rng_state()},
-                            config.trainer.keep_checkpoints)
+                    config.trainer.keep_checkpoints)
     if writer is not None:
         writer.close()
     if rank != 0:
         return {}
-    return finish_run(engine.module.student, config, tokenizer, preprocess, output_dir, step, skipped, json_path, image_root)
+    return finish_run(engine.module.student, config, tokenizer, preprocess, output_dir, step, skipped, json_path, image_root,
+                      train_seconds)
 
 
 def finish_run(student: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBase, preprocess: ImagePreprocessor,
-               output_dir: Path, step: int, skipped: int, json_path: Path, image_root: Path | None) -> dict[str, Any]:
+               output_dir: Path, step: int, skipped: int, json_path: Path, image_root: Path | None,
+               train_seconds: float) -> dict[str, Any]:
     """Export the student, evaluate retrieval on the configured split, print and save the metrics."""
     export_dir = save_pretrained(student, config, tokenizer, preprocess, output_dir / "export",
                                  {"step": step, "skipped_train_samples": skipped})
@@ -235,6 +238,7 @@ def finish_run(student: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBa
     metrics = evaluate_retrieval(bundle, json_path, image_root, config.eval.split, config.eval.batch_size,
                                  config.eval.ks, config.trainer.progress_bar)
     metrics["skipped_train_samples"] = skipped
+    metrics["train_seconds"] = round(train_seconds, 1)  # this process's loop (a resumed run: since the resume)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     meta_path = export_dir / "metadata.json"
     meta = json.loads(meta_path.read_text())
@@ -244,6 +248,6 @@ def finish_run(student: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBa
     tmp.replace(meta_path)
     print(f"\nretrieval on '{config.eval.split}' ({metrics['num_images']} images, {metrics['num_texts']} captions):")
     print(format_recall_table(metrics))
-    print(f"skipped training samples (undecodable images): {skipped}")
+    print(f"trained to step {step} in {train_seconds / 60:.1f} min; skipped training samples (undecodable images): {skipped}")
     print(f"exported model: {export_dir}")
     return metrics
