@@ -28,7 +28,7 @@ from mmd2v2.config import Config, load_config  # noqa: E402
 from mmd2v2.data.demo_scenes import write_demo_dataset  # noqa: E402
 from mmd2v2.data.karpathy import load_karpathy_split  # noqa: E402
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator  # noqa: E402
-from mmd2v2.data.preprocessing import ImagePreprocessor  # noqa: E402
+from mmd2v2.data.preprocessing import resolve_image_preprocessing  # noqa: E402
 from mmd2v2.losses.objective import MMD2V2Objective  # noqa: E402
 from mmd2v2.models.mmd2v2 import MMD2V2  # noqa: E402
 from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
@@ -50,10 +50,10 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
 def measure(config: Config, data_dir: Path, repeats: int) -> dict[str, float]:
     """Component timings (ms) of one micro-batch under `config`, plus the parameter count."""
     batch_size = config.trainer.micro_batch_size
-    write_demo_dataset(data_dir, batch_size, 1, 1, config.data.image_size, config.data.demo_seed)
+    preprocess = resolve_image_preprocessing(config)
+    write_demo_dataset(data_dir, batch_size, 1, 1, preprocess.size, config.data.demo_seed)
     records = load_karpathy_split(data_dir / "dataset_demo.json", "train", data_dir)
     tokenizer, config = prepare_tokenizer(config, [c for r in records for c in r.captions])
-    preprocess = ImagePreprocessor(config.data.image_size, config.data.image_mean, config.data.image_std)
     dataset = CaptionPairDataset(records, preprocess)
     collate = PairCollator(tokenizer, config.data.max_text_length)
     indices = list(range(0, len(dataset), max(1, len(dataset) // batch_size)))[:batch_size]

@@ -8,20 +8,30 @@ import pytest
 import torch
 from conftest import TINY_TEXT, TINY_VISION
 
-from mmd2v2.config import ConfigError, EncoderConfig, ModelConfig, SharedConfig, TeacherConfig
+from transformers import AutoConfig, AutoModel
+
+from mmd2v2.config import ConfigError, EncoderConfig, ModelConfig, SharedConfig, TeacherConfig, load_config
 from mmd2v2.models.mmd2v2 import MMD2V2
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.models.unimodal import FAMILIES, UnimodalEncoder, block_list
+from mmd2v2.train.preflight import check_run_config
 
 EXTRA = {"beit": {"use_relative_position_bias": True, "layer_scale_init_value": 0.1},
-         "data2vec-vision": {"use_relative_position_bias": True, "layer_scale_init_value": 0.1}}
+         "data2vec-vision": {"use_relative_position_bias": True, "layer_scale_init_value": 0.1},
+         "dinov2": {"layerscale_value": 0.5}, "dinov2_with_registers": {"layerscale_value": 0.5, "num_register_tokens": 2}}
+# (family, HF model type): every named family, and `auto` resolving model types that have no named family
+CASES = [(name, spec.config_class.model_type) for name, spec in sorted(FAMILIES.items())] + [
+    ("auto", "dinov2_with_registers"), ("auto", "dinov3_vit"), ("auto", "clip_vision_model"), ("auto", "electra")]
 
 
-def _full_model(family: str, folder: Path) -> torch.nn.Module:
-    spec = FAMILIES[family]
-    base = TINY_VISION if spec.modality == "image" else TINY_TEXT
+def _modality(model_type: str) -> str:
+    return "image" if model_type.startswith(("vit", "beit", "data2vec-vision", "dinov", "clip_vision")) else "text"
+
+
+def _full_model(model_type: str, folder: Path) -> torch.nn.Module:
+    base = TINY_VISION if _modality(model_type) == "image" else TINY_TEXT
     torch.manual_seed(0)
-    model = spec.model_class(spec.config_class(**base, **EXTRA.get(family, {})), add_pooling_layer=False).eval()
+    model = AutoModel.from_config(AutoConfig.for_model(model_type, **base, **EXTRA.get(model_type, {}))).eval()
     model.save_pretrained(folder)
     return model
 
@@ -36,30 +46,48 @@ def _inputs(modality: str) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_truncation_equals_full_model_hidden_state(family: str, tmp_path: Path) -> None:
-    full = _full_model(family, tmp_path)
-    modality = FAMILIES[family].modality
+@pytest.mark.parametrize(("family", "model_type"), CASES)
+def test_truncation_equals_full_model_hidden_state(family: str, model_type: str, tmp_path: Path) -> None:
+    full = _full_model(model_type, tmp_path)
+    modality = _modality(model_type)
     inputs = _inputs(modality)
     with torch.no_grad():
         reference = full(**inputs, output_hidden_states=True).hidden_states[2]  # after block 2 of 3
         encoder = UnimodalEncoder(EncoderConfig(family=family, pretrained=str(tmp_path), num_blocks=2), modality, "m").eval()
         output = encoder(*inputs.values())
-    assert len(block_list(encoder.model)) == 2
+    assert len(block_list(encoder.model)) == 2 and encoder.width == 32
     torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_freeze_with_top_blocks_unfrozen_is_exact() -> None:
-    cfg = EncoderConfig(family="vit", config=TINY_VISION, freeze=True, unfreeze_top=1)
-    encoder = UnimodalEncoder(cfg, "image", "m")
-    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+@pytest.mark.parametrize("model_type", ["dinov2", "electra"])
+def test_architecture_rebuilds_the_encoder_without_its_folder(model_type: str, tmp_path: Path) -> None:
+    _full_model(model_type, tmp_path)
+    modality = _modality(model_type)
+    encoder = UnimodalEncoder(EncoderConfig(family="auto", pretrained=str(tmp_path), num_blocks=2), modality, "m").eval()
+    rebuilt = UnimodalEncoder(encoder.architecture, modality, "m").eval()
+    rebuilt.load_state_dict(encoder.state_dict())
+    inputs = _inputs(modality)
+    torch.testing.assert_close(rebuilt(*inputs.values()), encoder(*inputs.values()))
+    assert encoder.architecture.pretrained is None and len(block_list(rebuilt.model)) == 2
+
+
+def assert_one_step_changes_only_the_top_block(encoder: UnimodalEncoder) -> None:
+    """After an AdamW step on 32x32 images, every top-block weight changed and nothing outside that block did."""
+    top = {id(p) for p in block_list(encoder.model)[-1].parameters()}
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
     encoder(torch.randn(2, 3, 32, 32)).square().mean().backward()
     optimizer.step()
-    after = encoder.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("model.layers.2.") for k in changed)
-    assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.layers.2.") and "weight" in k)
+    changed = {name for name, p in encoder.named_parameters() if not torch.equal(before[name], p)}
+    top_weights = {name for name, p in encoder.named_parameters() if id(p) in top and name.endswith("weight")}
+    assert top_weights and top_weights <= changed
+    assert all(id(p) in top for name, p in encoder.named_parameters() if name in changed)
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2"])
+def test_freeze_with_top_blocks_unfrozen_is_exact(family: str) -> None:
+    cfg = EncoderConfig(family=family, config={**TINY_VISION, **EXTRA.get(family, {})}, freeze=True, unfreeze_top=1)
+    assert_one_step_changes_only_the_top_block(UnimodalEncoder(cfg, "image", "m"))
 
 
 def test_fully_frozen_encoder_stays_in_eval_mode() -> None:
@@ -75,6 +103,31 @@ def test_bad_family_and_block_count_name_the_key() -> None:
         UnimodalEncoder(EncoderConfig(family="bert", config=TINY_TEXT, num_blocks=5), "text", "model.text")
     with pytest.raises(ConfigError, match="model.image.pretrained: cannot load"):
         UnimodalEncoder(EncoderConfig(family="vit", pretrained="/no/such/folder"), "image", "model.image")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({}, "model.image.config.model_type: missing"),
+    ({"model_type": "no-such-type"}, "model.image.config.model_type: unknown HF model type 'no-such-type'"),
+    ({"model_type": "bert"}, "model.image.family: model type 'bert' is not supported .expected an image encoder"),
+    ({"model_type": "convnext"}, "model.image.family: ConvNextModel is not supported"),
+])
+def test_auto_family_refuses_what_it_cannot_encode(config: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        UnimodalEncoder(EncoderConfig(family="auto", config=config), "image", "model.image")
+    assert "\n" not in str(error.value)
+
+
+def test_preflight_accepts_auto_and_timm_and_the_teacher_refuses_timm() -> None:
+    config = load_config(None, ["model.image.family=timm", "model.text.family=auto", "teacher.family=auto", "data.demo=true"])
+    check_run_config(config)
+    with pytest.raises(ConfigError, match="teacher.family: 'timm' is not supported here"):
+        ImageTeacher(TeacherConfig(family="timm"))
+
+
+def test_auto_family_refuses_a_folder_without_model_type(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="model.text.pretrained: .* has no model type"):
+        UnimodalEncoder(EncoderConfig(family="auto", pretrained=str(tmp_path)), "text", "model.text")
 
 
 def _tiny_student(teacher_dim: int | None = 24) -> MMD2V2:

@@ -24,7 +24,6 @@ from mmd2v2.config import Config, config_from_dict, config_to_dict, read_yaml
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
 from mmd2v2.models.mmd2v2 import MMD2V2
-from mmd2v2.models.unimodal import portable_config_dict
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -46,13 +45,9 @@ class PretrainedMMD2V2:
 
 
 def _self_contained_config(model: MMD2V2, config: Config) -> Config:
-    """Config whose encoders rebuild from stored HF configs (no pretrained paths, already truncated)."""
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model))
-    for name, encoder in (("image", model.image_encoder), ("text", model.text_encoder)):
-        section = getattr(config.model, name)
-        hf = portable_config_dict(encoder.model.config)
-        setattr(config.model, name, dataclasses.replace(section, pretrained=None, config=hf, num_blocks=None))
-    return config
+    """Config whose encoders rebuild from their stored architectures (no pretrained paths or files)."""
+    model_config = dataclasses.replace(config.model, image=model.image_encoder.architecture, text=model.text_encoder.architecture)
+    return dataclasses.replace(config, model=model_config)
 
 
 def save_pretrained(model: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBase, preprocess: ImagePreprocessor,
@@ -98,7 +93,6 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> P
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    preprocessing = json.loads((folder / PREPROCESSING).read_text())
-    preprocess = ImagePreprocessor(preprocessing["size"], preprocessing["mean"], preprocessing["std"])
+    preprocess = ImagePreprocessor.from_dict(json.loads((folder / PREPROCESSING).read_text()))
     return PretrainedMMD2V2(model.to(device).eval(), load_tokenizer(folder / TOKENIZER), preprocess, config,
                             json.loads((folder / METADATA).read_text()))

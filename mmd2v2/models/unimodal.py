@@ -1,7 +1,10 @@
-"""Unimodal encoders from Hugging Face model families, truncated to their first N blocks and (partly) frozen."""
+"""Unimodal encoders from Hugging Face (or, with the `timm` extra, timm) models, truncated to their first N blocks
+and (partly) frozen."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from transformers import logging as hf_logging
 from transformers import (
+    AutoConfig,
     BeitConfig,
     BeitModel,
     BertConfig,
@@ -17,6 +21,8 @@ from transformers import (
     Data2VecTextModel,
     Data2VecVisionConfig,
     Data2VecVisionModel,
+    Dinov2Config,
+    Dinov2Model,
     PretrainedConfig,
     PreTrainedModel,
     RobertaConfig,
@@ -24,6 +30,7 @@ from transformers import (
     ViTConfig,
     ViTModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from mmd2v2.config import ConfigError, EncoderConfig
 
@@ -41,19 +48,70 @@ FAMILIES: dict[str, Family] = {
     "vit": Family(ViTConfig, ViTModel, "image"),
     "beit": Family(BeitConfig, BeitModel, "image"),
     "data2vec-vision": Family(Data2VecVisionConfig, Data2VecVisionModel, "image"),
+    "dinov2": Family(Dinov2Config, Dinov2Model, "image"),
     "bert": Family(BertConfig, BertModel, "text"),
     "roberta": Family(RobertaConfig, RobertaModel, "text"),
     "data2vec-text": Family(Data2VecTextConfig, Data2VecTextModel, "text"),
 }
+AUTO = "auto"  # the model class follows the HF config's model_type
+TIMM = "timm"  # a timm image model (optional extra), see mmd2v2.models.timm_encoder
+CONFIG_FAMILIES = {"image": (AUTO, TIMM), "text": (AUTO,)}  # families whose model class comes from the section's config
+INPUT_NAMES = {"image": "pixel_values", "text": "input_ids"}
+FINAL_NORMS = ("layernorm", "norm")  # HF encoders' norm after the last block (ViT, BEiT, DINOv2: layernorm; DINOv3: norm)
 
 
-def family_for(name: str, modality: str, key: str) -> Family:
-    """Look up a model family by name, checking that it encodes `modality`."""
-    allowed = sorted(n for n, f in FAMILIES.items() if f.modality == modality)
+def family_for(name: str, modality: str, key: str) -> Family | None:
+    """Look up a model family by name, checking that it encodes `modality` (None for auto/timm: see the config)."""
+    allowed = [*sorted(n for n, f in FAMILIES.items() if f.modality == modality), *CONFIG_FAMILIES[modality]]
+    if name in CONFIG_FAMILIES[modality]:
+        return None
     family = FAMILIES.get(name)
     if family is None or family.modality != modality:
         raise ConfigError(f"{key}: unknown {modality} model family '{name}' (expected one of: {', '.join(allowed)})")
     return family
+
+
+def auto_family(config: PretrainedConfig, modality: str, key: str) -> Family:
+    """The family of an HF config's model_type, checking that its base model encodes `modality`."""
+    model_class = MODEL_MAPPING.get(type(config), None)
+    expected = f"an {modality} encoder model type, whose base model takes {INPUT_NAMES[modality]}"
+    if getattr(model_class, "main_input_name", None) != INPUT_NAMES[modality]:
+        raise ConfigError(f"{key}: model type '{config.model_type}' is not supported (expected {expected})")
+    return Family(type(config), model_class, modality)
+
+
+def _auto_config(cfg: EncoderConfig, key: str) -> PretrainedConfig:
+    """AutoConfig of a pretrained folder/hub id, or of `config.model_type` for random init."""
+    overrides = dict(cfg.config)
+    if cfg.pretrained is not None:
+        try:
+            return AutoConfig.from_pretrained(cfg.pretrained, **overrides)
+        except ValueError:
+            raise ConfigError(f"{key}.pretrained: '{cfg.pretrained}' has no model type transformers knows "
+                              "(expected a config.json with a model_type)") from None
+    model_type = overrides.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError(f"{key}.config.model_type: missing (family 'auto' without pretrained needs an HF model type)")
+    try:
+        return AutoConfig.for_model(model_type, **overrides)
+    except ValueError:
+        raise ConfigError(f"{key}.config.model_type: unknown HF model type '{model_type}'") from None
+
+
+def load_hf_config(cfg: EncoderConfig, modality: str, key: str) -> tuple[Family, PretrainedConfig]:
+    """The encoder's family and full-depth HF config (from `cfg.pretrained`, or `cfg.config` for random init)."""
+    family = family_for(cfg.family, modality, f"{key}.family")
+    try:
+        if cfg.family == AUTO:
+            config = _auto_config(cfg, key)
+            return auto_family(config, modality, f"{key}.family"), config
+        if family is None:
+            raise ConfigError(f"{key}.family: '{cfg.family}' is not supported here (expected a Hugging Face family or auto)")
+        if cfg.pretrained is None:
+            return family, family.config_class(**cfg.config)
+        return family, family.config_class.from_pretrained(cfg.pretrained, **cfg.config)
+    except OSError as error:
+        raise ConfigError(f"{key}.pretrained: cannot load '{cfg.pretrained}': {str(error).splitlines()[0]}") from None
 
 
 DERIVED_CONFIG_KEYS = ("out_features", "out_indices", "stage_names", "transformers_version", "architectures")
@@ -70,37 +128,43 @@ def load_hf_model(cfg: EncoderConfig, modality: str, key: str) -> PreTrainedMode
     Truncation happens here: the model is built with `num_hidden_layers = cfg.num_blocks`, so only the
     first N blocks exist (pretrained weights of deeper blocks are not loaded).
     """
-    family = family_for(cfg.family, modality, f"{key}.family")
-    overrides = dict(cfg.config)
-    if cfg.pretrained is None:
-        config = family.config_class(**overrides)
-    else:
-        try:
-            config = family.config_class.from_pretrained(cfg.pretrained, **overrides)
-        except OSError as error:
-            raise ConfigError(f"{key}.pretrained: cannot load '{cfg.pretrained}': {str(error).splitlines()[0]}") from None
-    depth = config.num_hidden_layers
+    family, config = load_hf_config(cfg, modality, key)
+    depth = getattr(config, "num_hidden_layers", None)
+    if not isinstance(depth, int):
+        raise ConfigError(f"{key}.family: model type '{config.model_type}' has no num_hidden_layers "
+                          "(expected a transformer encoder)")
     if cfg.num_blocks is not None:
         if not 1 <= cfg.num_blocks <= depth:
             raise ConfigError(f"{key}.num_blocks: got {cfg.num_blocks}, the model has {depth} blocks")
-        config = family.config_class(**{**portable_config_dict(config), "num_hidden_layers": cfg.num_blocks})
+        config = type(config)(**{**portable_config_dict(config), "num_hidden_layers": cfg.num_blocks})
+    init_args = inspect.signature(family.model_class.__init__).parameters
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in init_args else {}
     if cfg.pretrained is None:
-        return family.model_class(config, add_pooling_layer=False)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the weights of the dropped blocks are "unexpected" by design
+        model = family.model_class(config, **kwargs)
+    else:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the weights of the dropped blocks are "unexpected" by design
+        try:
+            model = family.model_class.from_pretrained(cfg.pretrained, config=config, **kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
     try:
-        return family.model_class.from_pretrained(cfg.pretrained, config=config, add_pooling_layer=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+        blocks = block_list(model)
+    except TypeError:
+        blocks = None
+    if blocks is None or len(blocks) != model.config.num_hidden_layers:
+        raise ConfigError(f"{key}.family: {type(model).__name__} is not supported (expected embeddings and one "
+                          "ModuleList of num_hidden_layers blocks: encoder.layer, layers or model.layer)")
+    return model
 
 
-def block_list(model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of transformer blocks inside an HF encoder."""
-    for path in ("layers", "encoder.layer", "encoder.layers"):
+def block_list(model: nn.Module) -> nn.ModuleList | nn.Sequential:
+    """The list of transformer blocks inside an HF or timm encoder."""
+    for path in ("layers", "encoder.layer", "encoder.layers", "model.layer", "blocks"):
         module: nn.Module | None = model
         for part in path.split("."):
             module = getattr(module, part, None)
-        if isinstance(module, nn.ModuleList):
+        if isinstance(module, (nn.ModuleList, nn.Sequential)):
             return module
     raise TypeError(f"cannot find the transformer blocks of {type(model).__name__}")
 
@@ -123,18 +187,27 @@ class UnimodalEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, modality: str, key: str) -> None:
         super().__init__()
         self.modality = modality
-        self.model = load_hf_model(cfg, modality, key)
-        if isinstance(getattr(self.model, "layernorm", None), nn.LayerNorm):
-            self.model.layernorm = nn.Identity()  # output = raw hidden state after block N
+        self.model: nn.Module
+        self.architecture: EncoderConfig  # rebuilds this encoder's layout without pretrained weights (for exports)
+        if cfg.family == TIMM:
+            from mmd2v2.models.timm_encoder import load_timm_model  # timm is an optional extra
+
+            self.model, self.architecture = load_timm_model(cfg, modality, key)
+            self.width = int(self.model.num_features)
+            self.interpolates = False
+        else:
+            self.model = load_hf_model(cfg, modality, key)
+            for final_norm in FINAL_NORMS:
+                if isinstance(getattr(self.model, final_norm, None), nn.LayerNorm):
+                    setattr(self.model, final_norm, nn.Identity())  # output = raw hidden state after block N
+            self.architecture = dataclasses.replace(cfg, pretrained=None, config=portable_config_dict(self.model.config),
+                                                    num_blocks=None)
+            self.width = int(self.model.config.hidden_size)
+            self.interpolates = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
         apply_freezing(self.model, cfg.freeze, cfg.unfreeze_top)
         self.fully_frozen = not any(p.requires_grad for p in self.model.parameters())
         if self.fully_frozen:
             self.model.eval()
-
-    @property
-    def width(self) -> int:
-        """Hidden size of the encoder's output tokens."""
-        return int(self.model.config.hidden_size)
 
     def train(self, mode: bool = True) -> UnimodalEncoder:
         """Switch train/eval mode; a fully frozen encoder always stays in eval mode."""
@@ -146,9 +219,9 @@ class UnimodalEncoder(nn.Module):
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Encode pixel values (B, 3, H, W) or token ids (B, L) into (B, T, width) hidden states."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fully_frozen):
-            if self.modality == "image":
-                interpolate = inputs.shape[-1] != self.model.config.image_size
-                output = self.model(pixel_values=inputs, interpolate_pos_encoding=interpolate)
-            else:
-                output = self.model(input_ids=inputs, attention_mask=attention_mask)
-        return output.last_hidden_state
+            if self.modality == "text":
+                return self.model(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
+            if not isinstance(self.model, PreTrainedModel):
+                return self.model.forward_features(inputs)  # timm: tokens after the last kept block
+            kwargs = {"interpolate_pos_encoding": inputs.shape[-1] != self.model.config.image_size} if self.interpolates else {}
+            return self.model(pixel_values=inputs, **kwargs).last_hidden_state
