@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from mmd2v2.config import Config, config_from_dict, config_to_dict, read_yaml
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
+from mmd2v2.files import replace_folder
 from mmd2v2.models.mmd2v2 import MMD2V2
 
 WEIGHTS = "model.safetensors"
@@ -70,14 +71,7 @@ def save_pretrained(model: MMD2V2, config: Config, tokenizer: PreTrainedTokenize
             pass
     meta = {"format": "mmd2v2-export-v1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions, **metadata}
     (tmp / METADATA).write_text(json.dumps(meta, indent=2))
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(folder)
+    replace_folder(tmp, folder)
     return folder
 
 

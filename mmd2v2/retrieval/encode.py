@@ -46,9 +46,15 @@ def encode_split(bundle: PretrainedMMD2V2, records: list[ImageRecord], batch_siz
     captions = [c for r in kept for c in r.captions]
     text_image_index = np.asarray([i for i, r in enumerate(kept) for _ in r.captions], dtype=np.int64)
     for start in tqdm(range(0, len(captions), batch_size), desc="encode texts", unit="batch", disable=not progress):
-        tokens = bundle.tokenizer(captions[start : start + batch_size], padding=True, truncation=True,
-                                  max_length=max_text_length, return_tensors="pt")
-        with torch.inference_mode():
-            emb = model.encode_texts(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        emb = encode_texts(bundle, captions[start : start + batch_size], max_text_length)
         text_chunks.append(emb.float().cpu().numpy())
     return SplitEmbeddings(np.concatenate(image_chunks), np.concatenate(text_chunks), text_image_index, skipped)
+
+
+def encode_texts(bundle: PretrainedMMD2V2, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+    """L2-normalised embeddings of `texts` (tokenised up to `max_length`, default the model's data.max_text_length)."""
+    device = next(bundle.model.parameters()).device
+    tokens = bundle.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
+                              max_length=max_length or bundle.config.data.max_text_length)
+    with torch.inference_mode():
+        return bundle.model.encode_texts(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))

@@ -1,0 +1,84 @@
+"""Collections to index: the images of a folder, the lines of a caption file, in a stable order.
+
+Every item has a metadata row: `{"kind": "image", "source": S, "path": "relative/path.jpg"}` for an image under
+source S's root, or `{"kind": "text", "text": "...", ...extra fields}` for a caption. The order is sorted and
+deterministic, so a rerun of an interrupted build cuts the same shards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass
+class Collection:
+    """Items to encode, as metadata rows, plus the sources they came from (roots of image folders, files)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[dict[str, str]] = field(default_factory=list)
+    skipped: int = 0  # empty caption lines and the like, dropped while reading
+
+
+def add_image_folder(collection: Collection, folder: str | Path) -> None:
+    """Append every image file under `folder` (recursive, sorted by relative path)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--images: '{root}' is not a folder")
+    paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) under '{root}'")
+    source = len(collection.sources)
+    collection.sources.append({"kind": "images", "root": str(root.resolve())})
+    collection.rows.extend({"kind": "image", "source": source, "path": path} for path in paths)
+
+
+def add_text_file(collection: Collection, path: str | Path) -> None:
+    """Append the captions of a text file: one per line (.txt), or JSON lines with a "text" field (.jsonl)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--texts: '{path}' does not exist (expected a .txt or .jsonl caption file)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    collection.sources.append({"kind": "texts", "path": str(path.resolve())})
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            collection.skipped += 1
+            continue
+        if path.suffix.lower() != ".jsonl":
+            collection.rows.append({"kind": "text", "text": line.strip()})
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: expected an object with a string field 'text'")
+        if not text.strip():
+            collection.skipped += 1
+            continue
+        collection.rows.append({**{k: v for k, v in record.items() if k != "text"}, "kind": "text", "text": text.strip()})
+
+
+def read_collection(images: list[Path] | None = None, texts: list[Path] | None = None) -> Collection:
+    """A collection from image folders and caption files (at least one of them)."""
+    collection = Collection()
+    for folder in images or []:
+        add_image_folder(collection, folder)
+    for path in texts or []:
+        add_text_file(collection, path)
+    if not collection.rows:
+        raise ValueError("nothing to index: give --images FOLDER and/or --texts FILE")
+    return collection
+
+
+def image_path(row: dict[str, Any], sources: list[dict[str, str]]) -> Path:
+    """Absolute path of an image row, resolved against its source folder."""
+    return Path(sources[row["source"]]["root"]) / row["path"]

@@ -1,0 +1,185 @@
+"""Index folders: a FAISS index, its metadata table and a manifest, written atomically and checked on load.
+
+    INDEX_DIR/index.faiss     the FAISS index (inner product over L2-normalised embeddings)
+    INDEX_DIR/metadata.jsonl  one JSON row per vector, in id order (kind, path or text, fields)
+    INDEX_DIR/manifest.json   checkpoint path and id, dimension, metric, count, index type, search parameters
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmd2v2.files import replace_folder
+
+INDEX_FILE = "index.faiss"
+METADATA_FILE = "metadata.jsonl"
+MANIFEST_FILE = "manifest.json"
+FORMAT = "mmd2v2-index-v1"
+EXACT_LIMIT = 100_000  # below this many vectors an exact (flat) index is both fast and small
+
+
+@dataclass
+class IndexManifest:
+    """What an index folder holds and which model made it."""
+
+    checkpoint: str  # folder of the exported model that encoded the vectors
+    checkpoint_id: str  # sha256 of its weights: queries must come from the same model
+    dim: int
+    count: int
+    index_type: str  # FAISS factory string
+    metric: str = "inner_product"
+    search_params: dict[str, int] = field(default_factory=dict)  # nprobe (IVF), efSearch (HNSW)
+    sources: list[dict[str, str]] = field(default_factory=list)
+    skipped: int = 0  # items that could not be read or decoded
+    build_seconds: float = 0.0
+    created: str = ""
+    format: str = FORMAT
+
+
+def checkpoint_id(export_dir: str | Path) -> str:
+    """A short fingerprint of an exported model: sha256 of its safetensors weights."""
+    digest = hashlib.sha256()
+    with open(Path(export_dir) / "model.safetensors", "rb") as weights:
+        for chunk in iter(lambda: weights.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def choose_index_type(count: int, dim: int, memory_budget_bytes: float) -> str:
+    """Exact below 100k vectors; HNSW when its graph and raw vectors fit the budget; IVF-PQ otherwise."""
+    if count < EXACT_LIMIT:
+        return "Flat"
+    if count * (dim * 4 + 32 * 2 * 4) * 1.1 <= memory_budget_bytes:
+        return "HNSW32,Flat"
+    nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
+    subquantizers = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= dim // 2 or m == 1)
+    return f"IVF{nlist},PQ{subquantizers}"
+
+
+def default_search_params(index_type: str) -> dict[str, int]:
+    """Search-time parameters that give high recall for the approximate index types."""
+    if index_type.startswith("IVF"):
+        return {"nprobe": 32}
+    if index_type.startswith("HNSW"):
+        return {"efSearch": 128}
+    return {}
+
+
+def build_faiss_index(vectors: np.ndarray, index_type: str, seed: int = 0) -> Any:
+    """A FAISS inner-product index of `vectors` (trained on a sample of at most 64 points per list when needed)."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(vectors.shape[1], index_type, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise ValueError(f"--index-type: FAISS cannot build '{index_type}' ({str(error).splitlines()[-1][:120]})") from None
+    if not index.is_trained:
+        nlist = getattr(faiss.extract_index_ivf(index), "nlist", 256) if index_type.startswith("IVF") else 256
+        sample = min(len(vectors), max(64 * nlist, 10_000))
+        if len(vectors) < nlist:
+            raise ValueError(f"index type '{index_type}' needs at least {nlist} vectors to train, the collection has {len(vectors)}")
+        rows = np.random.default_rng(seed).choice(len(vectors), sample, replace=False) if sample < len(vectors) else slice(None)
+        index.train(vectors[rows])
+    index.add(vectors)
+    return index
+
+
+def apply_search_params(index: Any, params: dict[str, int]) -> None:
+    """Set nprobe / efSearch on an index (no-op for exact indexes)."""
+    import faiss
+
+    if "nprobe" in params:
+        faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+    if "efSearch" in params:
+        faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]
+
+
+def write_index_folder(folder: Path, index: Any, rows: list[dict[str, Any]], manifest: IndexManifest) -> None:
+    """Write index, metadata and manifest into a temporary sibling, then rename it to `folder` (replacing it)."""
+    import faiss
+
+    if index.ntotal != len(rows) or manifest.count != len(rows):
+        raise ValueError(f"internal: {index.ntotal} vectors, {len(rows)} metadata rows, manifest count {manifest.count}")
+    tmp = folder.with_name(f".{folder.name}.writing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    with open(tmp / METADATA_FILE, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
+    replace_folder(tmp, folder)
+
+
+@dataclass
+class SearchHit:
+    """One search result: vector id, score and its metadata row."""
+
+    id: int
+    score: float
+    row: dict[str, Any]
+
+
+class IndexFolder:
+    """An opened index folder, validated: every file present and every count and dimension consistent."""
+
+    def __init__(self, folder: str | Path) -> None:
+        import faiss
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"index folder '{self.folder}' does not exist")
+        for name in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
+            if not (self.folder / name).is_file():
+                raise FileNotFoundError(f"{self.folder}: missing '{name}' (not a complete mmd2v2 index folder)")
+        try:
+            raw = json.loads((self.folder / MANIFEST_FILE).read_text())
+            self.manifest = IndexManifest(**raw)
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ValueError(f"{self.folder / MANIFEST_FILE}: not a valid manifest ({error})") from None
+        if self.manifest.format != FORMAT:
+            raise ValueError(f"{self.folder / MANIFEST_FILE}: format '{self.manifest.format}', expected '{FORMAT}'")
+        try:
+            self.index = faiss.read_index(str(self.folder / INDEX_FILE))
+        except RuntimeError:
+            raise ValueError(f"{self.folder / INDEX_FILE}: corrupt or not a FAISS index") from None
+        self.lines = (self.folder / METADATA_FILE).read_text(encoding="utf-8").splitlines()
+        counts = {"index": self.index.ntotal, "metadata rows": len(self.lines), "manifest count": self.manifest.count}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"{self.folder}: counts disagree ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+        if self.index.d != self.manifest.dim:
+            raise ValueError(f"{self.folder}: index dimension {self.index.d} but manifest says {self.manifest.dim}")
+        apply_search_params(self.index, self.manifest.search_params)
+        if self.manifest.index_type.startswith("IVF"):
+            faiss.extract_index_ivf(self.index).make_direct_map()  # lets `reconstruct` look up a stored vector
+
+    def row(self, vector_id: int) -> dict[str, Any]:
+        """The metadata row of one vector (parsed on demand)."""
+        if not 0 <= vector_id < len(self.lines):
+            raise KeyError(f"id {vector_id} is not in this index (0..{len(self.lines) - 1})")
+        return json.loads(self.lines[vector_id])
+
+    def check_queries(self, dim: int, model_id: str | None) -> None:
+        """Refuse queries from a model other than the one that built the index."""
+        if dim != self.manifest.dim:
+            raise ValueError(f"{self.folder}: index holds {self.manifest.dim}-d vectors, the query model makes {dim}-d ones")
+        if model_id is not None and model_id != self.manifest.checkpoint_id:
+            raise ValueError(f"{self.folder}: built with checkpoint id {self.manifest.checkpoint_id} "
+                             f"({self.manifest.checkpoint}), the query model's id is {model_id}")
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
+        """Top-k hits (score-descending) for each query vector."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
+        scores, ids = self.index.search(queries, min(k, self.index.ntotal))
+        return [[SearchHit(int(i), float(s), self.row(int(i))) for s, i in zip(srow, irow) if i >= 0]
+                for srow, irow in zip(scores, ids)]

@@ -1,0 +1,75 @@
+"""Search an index folder by text or by image with the model that built it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmd2v2.models.pretrained import PretrainedMMD2V2, load_pretrained
+from mmd2v2.retrieval.encode import encode_texts
+from mmd2v2.retrieval.index_store import IndexFolder, SearchHit, checkpoint_id
+
+
+class Searcher:
+    """An index folder plus the model whose embeddings it holds (checked to be the same model)."""
+
+    def __init__(self, index_dir: str | Path, ckpt: str | Path | None = None, device: str = "cpu") -> None:
+        self.index = IndexFolder(index_dir)
+        folder = Path(ckpt) if ckpt is not None else Path(self.index.manifest.checkpoint)
+        folder = folder / "export" if (folder / "export").is_dir() else folder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"checkpoint '{folder}' does not exist (the index was built with "
+                                    f"'{self.index.manifest.checkpoint}'; pass --ckpt)")
+        self.bundle: PretrainedMMD2V2 = load_pretrained(folder, device)
+        self.index.check_queries(self.bundle.config.model.embed_dim, checkpoint_id(folder))
+
+    def text_vectors(self, texts: list[str]) -> np.ndarray:
+        """Query embeddings of captions."""
+        if not texts or any(not t.strip() for t in texts):
+            raise ValueError("query text is empty")
+        return encode_texts(self.bundle, texts).float().cpu().numpy()
+
+    def image_vectors(self, images: list[Image.Image]) -> np.ndarray:
+        """Query embeddings of decoded images."""
+        pixels = torch.stack([self.bundle.preprocess(image) for image in images])
+        device = next(self.bundle.model.parameters()).device
+        with torch.inference_mode():
+            return self.bundle.model.encode_images(pixels.to(device)).float().cpu().numpy()
+
+    def by_text(self, text: str, k: int = 10) -> list[SearchHit]:
+        """Top-k items for a caption."""
+        return self.index.search(self.text_vectors([text]), k)[0]
+
+    def by_image(self, image: Image.Image, k: int = 10) -> list[SearchHit]:
+        """Top-k items for an image."""
+        return self.index.search(self.image_vectors([image]), k)[0]
+
+    def by_id(self, vector_id: int, k: int = 10) -> list[SearchHit]:
+        """Top-k neighbours of an item already in the index (itself first)."""
+        self.index.row(vector_id)
+        return self.index.search(self.index.index.reconstruct(vector_id)[None], k)[0]
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode an image file, with a one-line error when it is missing or not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--image: '{path}' does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, ValueError):
+        raise ValueError(f"--image: '{path}' is not a readable image") from None
+
+
+def format_hits(hits: list[SearchHit]) -> str:
+    """Ranked hits as aligned text lines: rank, score, id, path or caption."""
+    lines = [f"{'rank':>4} {'score':>7} {'id':>8}  item"]
+    for rank, hit in enumerate(hits, start=1):
+        what = hit.row.get("path") if hit.row.get("kind") == "image" else repr(hit.row.get("text", ""))
+        lines.append(f"{rank:>4} {hit.score:>7.4f} {hit.id:>8}  {what}")
+    return "\n".join(lines)

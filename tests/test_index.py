@@ -1,0 +1,220 @@
+"""Index folders: build from the CLI, search, resume after a kill, split across ranks, append, and refuse bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TEXT, TINY_VISION
+
+from mmd2v2.cli import main
+from mmd2v2.config import Config, EncoderConfig, ModelConfig, SharedConfig
+from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.data.tokenization import build_word_tokenizer
+from mmd2v2.models.mmd2v2 import MMD2V2
+from mmd2v2.models.pretrained import load_pretrained, save_pretrained
+from mmd2v2.retrieval import index_build
+from mmd2v2.retrieval.collection import read_collection
+from mmd2v2.retrieval.index_build import BuildOptions, build_index
+from mmd2v2.retrieval.index_store import IndexFolder, build_faiss_index, choose_index_type
+from mmd2v2.retrieval.search import Searcher
+
+WORDS = "small large red green blue circle square cross at top left right bottom and".split()
+
+
+def _export(folder: Path, seed: int = 0, embed_dim: int = 8) -> Path:
+    tokenizer = build_word_tokenizer(WORDS)
+    image = EncoderConfig(family="vit", config=TINY_VISION, num_blocks=2)
+    text = EncoderConfig(family="bert", config={**TINY_TEXT, "vocab_size": len(tokenizer)}, num_blocks=2)
+    config = Config(model=ModelConfig(image=image, text=text, shared=SharedConfig(depth=1, width=32, heads=2), embed_dim=embed_dim))
+    torch.manual_seed(seed)
+    model = MMD2V2(config.model).eval()
+    return save_pretrained(model, config, tokenizer, ImagePreprocessor(32, [0.5] * 3, [0.5] * 3), folder, {"step": 0})
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(tmp_path_factory.mktemp("model") / "export")
+
+
+@pytest.fixture()
+def captions(tmp_path: Path) -> Path:
+    path = tmp_path / "captions.txt"
+    lines = [f"{size} {colour} {shape} at top" for size in ("small", "large") for colour in ("red", "green", "blue")
+             for shape in ("circle",)] + ["large green square", "blue cross at left and red circle", "red cross"]
+    path.write_text("\n\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]) + "\n")  # 9 captions, 3 empty lines
+    return path
+
+
+def _vectors(folder: Path) -> np.ndarray:
+    opened = IndexFolder(folder)
+    return np.stack([opened.index.reconstruct(i) for i in range(opened.index.ntotal)])
+
+
+def test_build_info_and_search_from_the_cli(tmp_path: Path, export: Path, demo_dir: Path, captions: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "index"
+    assert main(["index", "build", "--ckpt", str(export), "--images", str(demo_dir / "images" / "test"),
+                 "--texts", str(captions), "--out", str(out), "--shard-size", "5", "--batch-size", "4"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["index.faiss", "manifest.json", "metadata.jsonl"]
+    assert not list(tmp_path.glob(".index*"))  # partial and temporary folders are gone
+    capsys.readouterr()
+    assert main(["index", "info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == info["ntotal"] == 12 + 9 and info["index_type"] == "Flat" and info["dim"] == 8
+    assert info["skipped"] == 3  # the three empty caption lines
+
+    # the CLI's ranking equals a brute-force ranking of the model's own embeddings
+    bundle = load_pretrained(export)
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    query = "small red circle at top right"
+    tokens = bundle.tokenizer([query], return_tensors="pt")
+    q = bundle.model.encode_texts(tokens["input_ids"], tokens["attention_mask"]).numpy()[0]
+    scores = _vectors(out) @ q
+    expected = np.argsort(-scores, kind="stable")[:4]
+    assert main(["search", str(out), "--text", query, "-k", "4", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["id"] for h in hits] == expected.tolist()
+    assert [h["score"] for h in hits] == pytest.approx(scores[expected].tolist(), abs=1e-5)
+    assert hits[0]["row"] == rows[hits[0]["id"]]
+    image_rows = [r for r in rows if r["kind"] == "image"]
+    assert main(["search", str(out), "--image", str(demo_dir / "images" / "test" / image_rows[0]["path"]), "-k", "1"]) == 0
+    assert image_rows[0]["path"] in capsys.readouterr().out  # an indexed image finds itself first
+
+
+def test_killed_build_resumes_from_finished_shards(tmp_path: Path, export: Path, demo_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle, images = load_pretrained(export), [demo_dir / "images" / "test"]
+    options = BuildOptions(shard_size=3, batch_size=4, progress=False)
+    build_index(bundle, export, read_collection(images), tmp_path / "reference", options)
+
+    real, done = index_build._encode_shard, []
+
+    def dies_after_two(*args: object) -> None:
+        if len(done) == 2:
+            raise KeyboardInterrupt("killed")
+        real(*args)  # type: ignore[arg-type]
+        done.append(args[3])
+
+    monkeypatch.setattr(index_build, "_encode_shard", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(bundle, export, read_collection(images), tmp_path / "index", options)
+    assert not (tmp_path / "index").exists() and len(list((tmp_path / ".index.partial").glob("*.npy"))) == 2
+    done.clear()
+    monkeypatch.setattr(index_build, "_encode_shard", lambda *a: (real(*a), done.append(a[3])))  # type: ignore[func-returns-value]
+    build_index(bundle, export, read_collection(images), tmp_path / "index", options)
+    assert done == [2, 3]  # only the unfinished shards were encoded
+    np.testing.assert_array_equal(_vectors(tmp_path / "index"), _vectors(tmp_path / "reference"))
+    assert (tmp_path / "index" / "metadata.jsonl").read_text() == (tmp_path / "reference" / "metadata.jsonl").read_text()
+
+
+def test_ranks_encode_their_own_shards(tmp_path: Path, export: Path, demo_dir: Path, captions: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = load_pretrained(export)
+    options = BuildOptions(shard_size=4, batch_size=4, progress=False, wait_timeout_s=5)
+    build_index(bundle, export, read_collection([demo_dir / "images" / "test"], [captions]), tmp_path / "reference", options)
+    encoded: list[tuple[str, int]] = []
+    real = index_build._encode_shard
+    monkeypatch.setattr(index_build, "_encode_shard", lambda *a: (real(*a), encoded.append((a[4].__class__.__name__, a[3]))))  # type: ignore[func-returns-value]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):  # rank 1 finishes first; rank 0 encodes its shards, then assembles the index
+        monkeypatch.setenv("RANK", rank)
+        result = build_index(bundle, export, read_collection([demo_dir / "images" / "test"], [captions]), tmp_path / "index", options)
+        assert (result is None) == (rank == "1")
+    assert [shard for _, shard in encoded] == [1, 3, 5, 0, 2, 4]
+    np.testing.assert_array_equal(_vectors(tmp_path / "index"), _vectors(tmp_path / "reference"))
+
+
+def test_undecodable_images_are_skipped_and_counted(tmp_path: Path, export: Path, demo_dir: Path) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(demo_dir / "images" / "test", folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    manifest = build_index(load_pretrained(export), export, read_collection([folder]), tmp_path / "index",
+                           BuildOptions(progress=False))
+    assert manifest is not None and manifest.count == 12 and manifest.skipped == 1
+    assert "broken.png" not in (tmp_path / "index" / "metadata.jsonl").read_text()
+
+
+def test_add_appends_items(tmp_path: Path, export: Path, demo_dir: Path, captions: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "index"
+    assert main(["index", "build", "--ckpt", str(export), "--images", str(demo_dir / "images" / "val"), "--out", str(out)]) == 0
+    before = _vectors(out)
+    assert main(["index", "add", str(out), "--texts", str(captions)]) == 0
+    opened = IndexFolder(out)
+    assert opened.manifest.count == 4 + 9 and [s["kind"] for s in opened.manifest.sources] == ["images", "texts"]
+    np.testing.assert_array_equal(_vectors(out)[:4], before)
+    assert opened.row(4) == {"kind": "text", "text": "small red circle at top", "id": 4}
+    assert main(["search", str(out), "--text", "large green square", "-k", "1"]) == 0
+    assert "'large green square'" in capsys.readouterr().out
+
+
+def test_bad_input_gets_one_line_errors_and_nothing_is_overwritten(tmp_path: Path, export: Path, demo_dir: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "index"
+    build = ["index", "build", "--ckpt", str(export), "--images", str(demo_dir / "images" / "val"), "--out", str(out)]
+    assert main(build) == 0
+    original = (out / "index.faiss").read_bytes()
+
+    def error_of(argv: list[str]) -> str:
+        capsys.readouterr()
+        assert main(argv) == 2
+        message = capsys.readouterr().err.strip()
+        assert message.startswith("error: ") and "\n" not in message
+        return message
+
+    assert "already exists" in error_of(build)
+    assert "is not a folder" in error_of(["index", "build", "--ckpt", str(export), "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    other = _export(tmp_path / "other", seed=1)
+    assert "checkpoint id" in error_of(["search", str(out), "--text", "red", "--ckpt", str(other)])
+    wider = _export(tmp_path / "wider", embed_dim=12)
+    assert "8-d vectors" in error_of(["search", str(out), "--text", "red", "--ckpt", str(wider)])
+    assert "expected 1..1000" in error_of(["search", str(out), "--text", "red", "-k", "0"])
+    assert "not a readable image" in error_of(["search", str(out), "--image", str(tmp_path / "index" / "manifest.json")])
+    assert (out / "index.faiss").read_bytes() == original
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    with open(broken / "metadata.jsonl", "a") as extra:
+        extra.write('{"kind": "text", "text": "stray"}\n')
+    assert "counts disagree" in error_of(["search", str(broken), "--text", "red"])
+    (broken / "index.faiss").write_bytes(b"garbage")
+    assert "corrupt" in error_of(["index", "info", str(broken)])
+    (broken / "manifest.json").unlink()
+    assert "missing 'manifest.json'" in error_of(["index", "info", str(broken)])
+
+
+def test_index_type_follows_collection_size_and_memory_budget() -> None:
+    assert choose_index_type(50_000, 256, 4 * 2**30) == "Flat"
+    assert choose_index_type(1_000_000, 256, 4 * 2**30) == "HNSW32,Flat"  # 1.28 GB of vectors and graph fit
+    assert choose_index_type(1_000_000, 256, 2**30) == "IVF4096,PQ64"  # they do not: 64-byte PQ codes
+
+
+@pytest.mark.parametrize("index_type", ["HNSW32,Flat", "IVF16,PQ8", "IVF16,Flat"])
+def test_approximate_indexes_find_the_exact_neighbours(index_type: str) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16))
+    data = (centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = data[:50] + 0.05 * rng.normal(size=(50, 16)).astype(np.float32)
+    exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+    index = build_faiss_index(data, index_type)
+    if index_type.startswith("IVF"):
+        faiss.extract_index_ivf(index).nprobe = 8
+    found = index.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    assert recall > (0.5 if "PQ" in index_type else 0.9)
+
+
+def test_searcher_by_id_returns_the_item_first(tmp_path: Path, export: Path, demo_dir: Path) -> None:
+    build_index(load_pretrained(export), export, read_collection([demo_dir / "images" / "test"]), tmp_path / "index",
+                BuildOptions(progress=False))
+    searcher = Searcher(tmp_path / "index")
+    assert searcher.by_id(5, k=3)[0].id == 5
+    with pytest.raises(KeyError, match="id 99"):
+        searcher.by_id(99)
