@@ -1,4 +1,4 @@
-"""`mmd2v2 <train|eval|demo-data>`: the project's one console script."""
+"""`mmd2v2 <train|eval|index|search|demo-data>`: the project's one console script."""
 
 from __future__ import annotations
 
@@ -58,10 +58,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
     from mmd2v2.retrieval.recall import format_recall_table
 
-    folder = args.ckpt / "export" if (args.ckpt / "export").is_dir() else args.ckpt
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--ckpt: '{args.ckpt}' is not a folder")
-    bundle = load_pretrained(folder, args.device)
+    bundle = load_pretrained(_export_dir(args.ckpt), args.device)
     json_path, image_root = (args.dataset, args.image_root) if args.dataset else resolve_dataset(bundle.config)
     metrics = evaluate_retrieval(bundle, json_path, image_root, args.split, args.batch_size, bundle.config.eval.ks)
     print(f"retrieval on '{args.split}' of {json_path} ({metrics['num_images']} images, {metrics['num_texts']} captions):")
@@ -69,6 +66,88 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _export_dir(ckpt: Path) -> Path:
+    folder = ckpt / "export" if (ckpt / "export").is_dir() else ckpt
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--ckpt: '{ckpt}' is not a folder")
+    return folder
+
+
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mmd2v2 index build|add|info`."""
+    actions = parser.add_subparsers(dest="action", required=True)
+    for name, text in (("build", "encode a collection into a new index folder"), ("add", "append items to an index")):
+        action = actions.add_parser(name, help=text)
+        if name == "build":
+            action.add_argument("--ckpt", type=Path, required=True, help="run folder or exported model")
+            action.add_argument("--out", type=Path, required=True, help="index folder to write")
+            action.add_argument("--index-type", default="auto",
+                                help="'auto' (exact below 100k vectors, HNSW or IVF-PQ above) or a FAISS factory string")
+            action.add_argument("--memory-budget-gb", type=float, default=4.0, help="for auto: memory the index may use")
+            action.add_argument("--shard-size", type=int, default=10_000, help="items per resumable shard")
+            action.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        else:
+            action.add_argument("index_dir", type=Path)
+            action.add_argument("--ckpt", type=Path, help="model (default: the one that built the index)")
+        action.add_argument("--images", type=Path, action="append", help="folder of images (repeatable)")
+        action.add_argument("--texts", type=Path, action="append", help=".txt (a caption per line) or .jsonl with 'text'")
+        action.add_argument("--batch-size", type=int, default=128)
+        action.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    info = actions.add_parser("info", help="describe an index folder")
+    info.add_argument("index_dir", type=Path)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    """Build, extend or describe an index folder."""
+    from mmd2v2.retrieval.index_store import IndexFolder
+
+    if args.action == "info":
+        opened = IndexFolder(args.index_dir)
+        print(json.dumps({**vars(opened.manifest), "ntotal": opened.index.ntotal}, indent=2))
+        return 0
+    from mmd2v2.models.pretrained import load_pretrained
+    from mmd2v2.retrieval.collection import read_collection
+    from mmd2v2.retrieval.index_build import BuildOptions, add_to_index, build_index
+
+    collection = read_collection(args.images, args.texts)
+    if args.action == "build":
+        folder = _export_dir(args.ckpt)
+        options = BuildOptions(args.index_type, args.memory_budget_gb, args.shard_size, args.batch_size, args.overwrite)
+        manifest = build_index(load_pretrained(folder, args.device), folder, collection, args.out, options)
+        if manifest is not None:
+            print(f"index '{args.out}': {manifest.count} vectors ({manifest.dim}-d, {manifest.index_type}), "
+                  f"{manifest.skipped} items skipped, {manifest.build_seconds:.1f} s")
+        return 0
+    folder = _export_dir(args.ckpt or Path(IndexFolder(args.index_dir).manifest.checkpoint))
+    manifest = add_to_index(load_pretrained(folder, args.device), folder, args.index_dir, collection, args.batch_size)
+    print(f"index '{args.index_dir}': now {manifest.count} vectors, {manifest.skipped} items skipped in all")
+    return 0
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mmd2v2 search`."""
+    parser.add_argument("index_dir", type=Path)
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="caption to search with")
+    query.add_argument("--image", type=Path, help="image file to search with")
+    parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--ckpt", type=Path, help="model (default: the one that built the index)")
+    parser.add_argument("--json", action="store_true", help="print the hits as JSON")
+    parser.add_argument("--device", default="cpu")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Print the top-k items of an index for a text or image query."""
+    from mmd2v2.retrieval.search import Searcher, format_hits, open_image
+
+    if not 1 <= args.k <= 1000:
+        raise ValueError(f"-k: got {args.k}, expected 1..1000")
+    searcher = Searcher(args.index_dir, args.ckpt, args.device)
+    hits = searcher.by_text(args.text, args.k) if args.text is not None else searcher.by_image(open_image(args.image), args.k)
+    print(json.dumps([vars(h) for h in hits], indent=2, ensure_ascii=False) if args.json else format_hits(hits))
     return 0
 
 
@@ -84,7 +163,7 @@ def guarded(function, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
     """Run a command; expected user errors become one line on stderr and exit code 2."""
     try:
         return function(args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError, TimeoutError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -95,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(commands.add_parser("train", help="train a model (single process; use deepspeed train.py for many)"))
     add_eval_arguments(commands.add_parser("eval", help="retrieval recall@k of a checkpoint"))
+    add_index_arguments(commands.add_parser("index", help="build, extend or describe a FAISS index of a collection"))
+    add_search_arguments(commands.add_parser("search", help="search an index by text or image"))
     demo = commands.add_parser("demo-data", help="write the procedural demo dataset (OUT_DIR [--num-train N ...])",
                                add_help=False)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    handlers = {"train": run_train, "eval": run_eval, "demo-data": run_demo_data}
+    handlers = {"train": run_train, "eval": run_eval, "index": run_index, "search": run_search, "demo-data": run_demo_data}
     return guarded(handlers[args.command], args)
 
 
