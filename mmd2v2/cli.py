@@ -1,4 +1,4 @@
-"""`mmd2v2 <train|eval|index|search|demo-data>`: the project's one console script."""
+"""`mmd2v2 <train|eval|index|search|serve|demo-data>`: the project's one console script."""
 
 from __future__ import annotations
 
@@ -151,6 +151,32 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mmd2v2 serve`."""
+    parser.add_argument("index_dir", type=Path)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--ckpt", type=Path, help="model (default: the one that built the index)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image upload")
+    parser.add_argument("--device", default="cpu")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the search API and page until interrupted."""
+    try:
+        import uvicorn
+
+        from mmd2v2.retrieval.service import create_app
+    except ImportError as error:
+        raise ValueError(f"serving needs the 'serve' extra: pip install 'mmd2v2[serve]' ({error})") from None
+    from mmd2v2.retrieval.search import Searcher
+
+    app = create_app(Searcher(args.index_dir, args.ckpt, args.device), int(args.max_upload_mb * 2**20))
+    print(f"serving '{args.index_dir}' on http://{args.host}:{args.port}/ (API docs at /api/docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def run_demo_data(args: argparse.Namespace) -> int:
     """Write the procedural demo dataset (arguments as `python -m mmd2v2.data.demo_scenes`)."""
     from mmd2v2.data.demo_scenes import main as demo_main
@@ -176,11 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_arguments(commands.add_parser("eval", help="retrieval recall@k of a checkpoint"))
     add_index_arguments(commands.add_parser("index", help="build, extend or describe a FAISS index of a collection"))
     add_search_arguments(commands.add_parser("search", help="search an index by text or image"))
+    add_serve_arguments(commands.add_parser("serve", help="HTTP search API and web page over an index"))
     demo = commands.add_parser("demo-data", help="write the procedural demo dataset (OUT_DIR [--num-train N ...])",
                                add_help=False)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    handlers = {"train": run_train, "eval": run_eval, "index": run_index, "search": run_search, "demo-data": run_demo_data}
+    handlers = {"train": run_train, "eval": run_eval, "index": run_index, "search": run_search, "serve": run_serve,
+                "demo-data": run_demo_data}
     return guarded(handlers[args.command], args)
 
 
