@@ -27,3 +27,23 @@ def test_bench_step_prints_component_table(tmp_path: Path, capsys: pytest.Captur
         ours, base, ratio = rows[row]
         assert float(ours) > 0 and float(base) > 0 and ratio.endswith("x")
     assert float(rows["params (M)"][0]) > float(rows["params (M)"][1])  # the baseline kept 1 of 2 text blocks
+
+
+def test_load_test_reports_latency_and_zero_errors(tmp_path: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_index import _export
+
+    from mmd2v2.models.pretrained import load_pretrained
+    from mmd2v2.retrieval.collection import read_collection
+    from mmd2v2.retrieval.index_build import BuildOptions, build_index
+
+    export = _export(tmp_path / "export")
+    build_index(load_pretrained(export), export, read_collection([demo_dir / "images" / "test"]), tmp_path / "index",
+                BuildOptions(progress=False))
+    monkeypatch.setattr(sys, "argv", ["load_test.py", "--index", str(tmp_path / "index"), "--clients", "4", "--requests", "16"])
+    runpy.run_path(str(ROOT / "scripts" / "load_test.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["clients", "requests"])
+    rows = [line.split() for line in lines[header + 1 :]]
+    assert [row[:2] for row in rows] == [["1", "4"], ["4", "16"]]
+    assert all(float(row[2]) > 0 and float(row[3]) >= float(row[2]) and row[5] == "0" for row in rows)
