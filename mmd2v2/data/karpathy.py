@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -16,11 +17,40 @@ class ImageRecord:
     captions: tuple[str, ...]
 
 
+@dataclass
+class Dropped:
+    """Rows or captions a reader left out, counted by reason, with where the first one was."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    first: str | None = None
+
+    def add(self, reason: str, where: str, count: int = 1) -> None:
+        """Count `count` items dropped for `reason` at `where`."""
+        if count > 0:
+            self.counts[reason] += count
+            self.first = self.first or where
+
+    def total(self) -> int:
+        """All dropped items."""
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """'N (reason n, ...; first: where)' or '0'."""
+        if not self.counts:
+            return "0"
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.counts.items()))
+        return f"{self.total()} ({reasons}; first: {self.first})"
+
+
 SPLIT_ALIASES = {"train": ("train", "restval")}  # COCO's 'restval' images are training images
 
 
-def load_karpathy_split(json_path: str | Path, split: str, image_root: str | Path | None = None) -> list[ImageRecord]:
-    """Records of one split ('train' includes COCO's 'restval'); image path = root/filepath/filename."""
+def load_karpathy_split(json_path: str | Path, split: str, image_root: str | Path | None = None,
+                        dropped: Dropped | None = None) -> list[ImageRecord]:
+    """Records of one split ('train' includes COCO's 'restval'); image path = root/filepath/filename.
+
+    Empty captions, and images left with none, are dropped and counted in `dropped`.
+    """
     json_path = Path(json_path)
     if not json_path.is_file():
         raise FileNotFoundError(f"caption file '{json_path}' does not exist (expected a Karpathy-split JSON)")
@@ -50,8 +80,10 @@ def load_karpathy_split(json_path: str | Path, split: str, image_root: str | Pat
                 raise ValueError(f"{where}.sentences[{s_index}]: expected an object with a string 'raw'")
             if raw.strip():
                 captions.append(raw.strip())
+        if dropped is not None:
+            dropped.add("empty caption", where, len(entry["sentences"]) - len(captions))
         if not captions:
-            raise ValueError(f"{where}: no non-empty caption")
+            continue
         image_id = entry.get("imgid", index)
         records.append(ImageRecord(int(image_id), root / entry.get("filepath", "") / entry["filename"], tuple(captions)))
     if not records:

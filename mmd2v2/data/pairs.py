@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import Tensor
@@ -16,11 +18,22 @@ from mmd2v2.data.preprocessing import ImagePreprocessor
 
 @dataclass
 class PairSample:
-    """One decoded training pair (None image when the file could not be decoded)."""
+    """One decoded training pair: None image = undecodable image, None caption = empty or undecodable caption."""
 
     pixel_values: Tensor | None
-    caption: str
+    caption: str | None
     image_id: int
+
+
+def decode_pair(preprocess: ImagePreprocessor, source: str | Path | BinaryIO, caption: str | None, image_id: int) -> PairSample:
+    """Decode one pair's image (not at all when its caption is bad); a decoding failure marks the image bad."""
+    if caption is None:
+        return PairSample(None, None, image_id)
+    try:
+        pixels: Tensor | None = preprocess.load(source)
+    except (OSError, ValueError, SyntaxError):
+        pixels = None
+    return PairSample(pixels, caption, image_id)
 
 
 class CaptionPairDataset(Dataset[PairSample]):
@@ -36,15 +49,11 @@ class CaptionPairDataset(Dataset[PairSample]):
 
     def __getitem__(self, index: int) -> PairSample:
         record, caption = self.pairs[index]
-        try:
-            pixels: Tensor | None = self.preprocess.load(record.path)
-        except (OSError, ValueError, SyntaxError):
-            pixels = None
-        return PairSample(pixels, caption, record.image_id)
+        return decode_pair(self.preprocess, record.path, caption, record.image_id)
 
 
 class PairCollator:
-    """Stacks good samples, tokenises captions, and counts the samples it had to drop."""
+    """Stacks good samples, tokenises captions, and counts dropped samples and truncated captions."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
         self.tokenizer = tokenizer
@@ -52,6 +61,7 @@ class PairCollator:
 
     def __call__(self, samples: list[PairSample]) -> dict[str, Tensor]:
         good = [s for s in samples if s.pixel_values is not None]
+        lengths = self.tokenizer([s.caption for s in good])["input_ids"] if good else []
         tokens = self.tokenizer(
             [s.caption for s in good], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ) if good else {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
@@ -60,7 +70,9 @@ class PairCollator:
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "image_ids": torch.tensor([s.image_id for s in good], dtype=torch.long),
-            "num_skipped": torch.tensor(len(samples) - len(good)),
+            "num_skipped": torch.tensor(sum(s.caption is not None and s.pixel_values is None for s in samples)),
+            "num_bad_captions": torch.tensor(sum(s.caption is None for s in samples)),
+            "num_truncated": torch.tensor(sum(len(ids) > self.max_length for ids in lengths)),
         }
 
 

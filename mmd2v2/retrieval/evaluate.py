@@ -12,12 +12,21 @@ from mmd2v2.retrieval.recall import recall_at_k
 
 
 def resolve_dataset(config: Config) -> tuple[Path, Path | None]:
-    """The caption JSON and image root a config points at (the demo set lives in data.demo_dir)."""
+    """The Karpathy split file and image root to evaluate on.
+
+    In order: eval.karpathy_json, data.karpathy_json, the first karpathy source of data.sources, the demo set.
+    """
+    if config.eval.karpathy_json is not None:
+        return Path(config.eval.karpathy_json), Path(config.eval.image_root) if config.eval.image_root else None
     if config.data.karpathy_json is not None:
         return Path(config.data.karpathy_json), Path(config.data.image_root) if config.data.image_root else None
+    karpathy = [s for s in config.data.sources if s.kind == "karpathy"]
+    if karpathy:
+        return Path(str(karpathy[0].path)), Path(karpathy[0].image_root) if karpathy[0].image_root else None
     if config.data.demo:
         return Path(config.data.demo_dir) / "dataset_demo.json", None
-    raise ValueError("data.karpathy_json is not set (and data.demo is false): no dataset to use")
+    raise ValueError("no Karpathy split to evaluate on: set eval.karpathy_json (data.sources has no karpathy source "
+                     "and data.karpathy_json is not set)")
 
 
 def evaluate_retrieval(bundle: PretrainedMMD2V2, json_path: Path, image_root: Path | None, split: str,
