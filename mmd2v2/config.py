@@ -85,9 +85,40 @@ class TeacherConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One training source of `data.sources` (docs/formats.md describes each kind's files)."""
+
+    kind: Literal["karpathy", "table", "hf", "webdataset"] = "karpathy"
+    path: str | list[str] = ""  # JSON / table file / load_from_disk folder or hub name / shard pattern or list
+    image_root: str | None = None  # folder relative image paths are resolved against
+    split: str = "train"  # karpathy: split ('train' includes 'restval'); hf: split of a DatasetDict
+    image_column: str = "image"  # table: path-or-URL column; hf: Image() column
+    caption_column: str = "caption"  # table/hf: caption column; webdataset: caption field of the .json
+    caption_key: Literal["txt", "json"] = "txt"  # webdataset: caption file extension
+    image_keys: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])  # webdataset: tried in order
+    img2dataset_dir: str | None = None  # table with URLs: img2dataset output folder holding the downloads
+    weight: float = 1.0  # share of the mixture (normalised over the sources)
+
+
+def _check_sources(sources: list[SourceConfig]) -> None:
+    """Refuse source entries whose values cannot work, naming `data.sources[i].key`."""
+    for index, source in enumerate(sources):
+        key = f"data.sources[{index}]"
+        if not source.path:
+            raise ConfigError(f"config key '{key}.path': must be set (a file, folder or shard pattern)")
+        if isinstance(source.path, list) and source.kind != "webdataset":
+            raise ConfigError(f"config key '{key}.path': a list of paths is only for kind webdataset")
+        if not source.weight > 0:
+            raise ConfigError(f"config key '{key}.weight': got {source.weight}, expected a number > 0")
+        if not source.image_keys:
+            raise ConfigError(f"config key '{key}.image_keys': expected at least one extension")
+
+
+@dataclass
 class DataConfig:
     """Where the training and evaluation pairs come from and how they are preprocessed."""
 
+    sources: list[SourceConfig] = field(default_factory=list)  # training sources; empty = karpathy_json or demo
     karpathy_json: str | None = None  # COCO/Flickr30K-style split file; None with demo=true
     image_root: str | None = None  # defaults to the JSON's folder (+ '/images' for the demo)
     demo: bool = False  # generate the procedural demo set into demo_dir first
@@ -97,11 +128,14 @@ class DataConfig:
     demo_num_test: int = 500
     demo_seed: int = 0
     tokenizer: str | None = None  # HF tokenizer folder/id; None = the text encoder's, or built from the demo vocabulary
-    image_size: int = 224
-    image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    image_size: int | None = None  # None = the image encoder's own (preprocessor config), else 224
+    image_mean: list[float] | None = None  # None = the image encoder's own, else ImageNet's
+    image_std: list[float] | None = None  # None = the image encoder's own, else ImageNet's
     max_text_length: int = 64
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check_sources(self.sources)
 
 
 @dataclass
@@ -162,6 +196,8 @@ class EvalConfig:
     """Retrieval evaluation after training."""
 
     split: str = "test"
+    karpathy_json: str | None = None  # split file to evaluate on; None = data.karpathy_json, a karpathy source, or the demo
+    image_root: str | None = None  # defaults to the JSON's folder
     batch_size: int = 128
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
 
@@ -218,6 +254,10 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}': got {value!r}, expected a number")
     if annotation is Any:
         return value
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a mapping")
+        return _build(annotation, value, f"{key}.")
     raise ConfigError(f"config key '{key}': unsupported type {annotation}")
 
 

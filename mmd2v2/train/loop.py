@@ -14,16 +14,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mmd2v2.config import Config, dump_config
+from mmd2v2.config import Config, SourceConfig, dump_config
 from mmd2v2.data.demo_scenes import write_demo_dataset
-from mmd2v2.data.karpathy import load_karpathy_split
-from mmd2v2.data.pairs import CaptionPairDataset, PairCollator, ResumableBatchSampler
-from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.data.pairs import PairCollator
+from mmd2v2.data.sources import configured_sources, load_training_data, training_loader
+from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
 from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
 from mmd2v2.losses.objective import MMD2V2Objective
 from mmd2v2.models.mmd2v2 import MMD2V2
@@ -33,6 +32,9 @@ from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
 from mmd2v2.retrieval.recall import format_recall_table
 from mmd2v2.train.checkpoint import latest_complete_tag, load_checkpoint, save_checkpoint
 from mmd2v2.train.engine import create_engine, ensure_distributed_env
+
+
+COUNTED = {"skipped": "num_skipped", "bad_captions": "num_bad_captions", "truncated": "num_truncated"}  # state key: batch key
 
 
 class TrainingModule(nn.Module):
@@ -58,19 +60,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_data(config: Config) -> tuple[Path, Path | None]:
-    """Generate the demo set when asked (rank 0, others wait) and return the caption JSON and image root."""
+def prepare_data(config: Config) -> tuple[list[SourceConfig], Path, Path | None]:
+    """Generate the demo set when asked (rank 0, others wait); the training sources and the evaluation split's JSON and root."""
     if config.data.demo and config.data.karpathy_json is None:
         if dist.get_rank() == 0:
             write_demo_dataset(config.data.demo_dir, config.data.demo_num_train, config.data.demo_num_val,
-                               config.data.demo_num_test, config.data.image_size, config.data.demo_seed)
+                               config.data.demo_num_test, resolve_image_preprocessing(config).size, config.data.demo_seed)
         dist.barrier()
     json_path, image_root = resolve_dataset(config)
     if not json_path.is_file():
-        raise FileNotFoundError(f"data.karpathy_json: '{json_path}' does not exist (expected a Karpathy-split JSON)")
+        raise FileNotFoundError(f"evaluation split: '{json_path}' does not exist (expected a Karpathy-split JSON)")
     if image_root is not None and not image_root.is_dir():
-        raise FileNotFoundError(f"data.image_root: '{image_root}' is not a folder")
-    return json_path, image_root
+        raise FileNotFoundError(f"evaluation image root: '{image_root}' is not a folder")
+    return configured_sources(config.data), json_path, image_root
 
 
 def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTokenizerBase, Config]:
@@ -79,6 +81,9 @@ def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTo
     A randomly initialised text encoder is sized to the tokenizer (vocab_size, pad_token_id).
     """
     source = config.data.tokenizer or config.model.text.pretrained
+    if not source and not captions:
+        raise ValueError("data.tokenizer (or model.text.pretrained) must be set: webdataset shards give no caption "
+                         "list to build a word vocabulary from")
     tokenizer = load_tokenizer(source) if source else build_word_tokenizer([w for c in captions for w in c.lower().split()])
     if config.model.text.pretrained is None:
         text_cfg = dict(config.model.text.config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
@@ -136,43 +141,41 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
     ensure_distributed_env()
     rank, world = dist.get_rank(), dist.get_world_size()
     seed_everything(config.trainer.seed)
-    json_path, image_root = prepare_data(config)
-    records = load_karpathy_split(json_path, "train", image_root)
-    tokenizer, config = prepare_tokenizer(config, [c for r in records for c in r.captions])
-    preprocess = ImagePreprocessor(config.data.image_size, config.data.image_mean, config.data.image_std)
-    dataset = CaptionPairDataset(records, preprocess)
+    sources, json_path, image_root = prepare_data(config)
+    preprocess = resolve_image_preprocessing(config)
+    data = load_training_data(sources, preprocess, config.trainer.seed)
+    tokenizer, config = prepare_tokenizer(config, data.captions)
 
     teacher = ImageTeacher(config.teacher) if config.teacher.enabled and config.loss.kd_weight > 0 else None
     student = MMD2V2(config.model, teacher_dim=teacher.dim if teacher else None)
     objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher.dim if teacher else None)
     accumulation = config.deepspeed.gradient_accumulation_steps
     global_batch = config.trainer.micro_batch_size * accumulation * world
-    steps_per_epoch = len(dataset) // global_batch
+    steps_per_epoch = data.num_pairs // global_batch
     if steps_per_epoch == 0:
-        raise ValueError(f"the training split has {len(dataset)} pairs, fewer than one global batch of {global_batch}")
+        raise ValueError(f"the training data has {data.num_pairs} pairs, fewer than one global batch of {global_batch}")
     total_steps = config.trainer.max_steps or max(1, math.ceil(config.trainer.epochs * steps_per_epoch))
     engine = create_engine(TrainingModule(student, objective), config, total_steps)
     device, dtype = engine.device, next(engine.module.parameters()).dtype
     if teacher is not None:
         teacher.to(device)
 
-    step, skipped = 0, 0
+    step, counts = 0, dict.fromkeys(COUNTED, 0)
     tag = latest_complete_tag(output_dir) if resume else None
     if tag is not None:
         state = load_checkpoint(engine, output_dir, tag)
-        step, skipped = int(state["step"]), int(state["skipped"])
+        step, counts = int(state["step"]), {key: int(state.get(key, 0)) for key in COUNTED}
         restore_rng_state(state["rng"])
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, output_dir / "config.yaml")
         if resume:
             print(f"resuming from {tag} (step {step})" if tag else "no complete checkpoint found: starting from step 0")
+        print(f"training data: {data.num_pairs} pairs from {len(data.sources)} source(s); "
+              f"rows or captions dropped while reading: {data.dropped.summary()}")
 
-    sampler = ResumableBatchSampler(len(dataset), config.trainer.micro_batch_size, accumulation, world, rank,
-                                    config.trainer.seed, step, total_steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PairCollator(tokenizer, config.data.max_text_length),
-                        num_workers=config.data.num_workers,
-                        generator=torch.Generator().manual_seed(config.trainer.seed))  # keeps the global RNG untouched
+    loader = training_loader(data, PairCollator(tokenizer, config.data.max_text_length), config.trainer.micro_batch_size,
+                             accumulation, rank, world, config.data.num_workers, config.trainer.seed, step, total_steps)
     writer = SummaryWriter(str(output_dir / "tb")) if rank == 0 else None
     window, samples_since, last_log = MetricWindow(), 0, time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
@@ -180,10 +183,12 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
     engine.train()
     seen, loop_start = 0, time.perf_counter()
     for batch in loader:
-        skipped += int(batch.pop("num_skipped"))
+        for key, batch_key in COUNTED.items():
+            counts[key] += int(batch.pop(batch_key))
         seen += config.trainer.micro_batch_size
-        if seen >= global_batch // world and skipped >= seen:
-            raise ValueError(f"no training image could be decoded (first: '{dataset.pairs[0][0].path}'); check data.image_root")
+        if seen >= global_batch // world and counts["skipped"] >= seen:
+            raise ValueError(f"no training image could be decoded (first source: {data.sources[0].name}); "
+                             "check the image root")
         if len(batch["image_ids"]) < 2:
             continue  # nothing to contrast (only possible when almost a whole batch failed to decode)
         batch = _to_device(batch, device, dtype)
@@ -214,30 +219,33 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
                 writer.add_scalar("speed/samples_per_s", record["samples_per_s"], step)
             samples_since, last_log = 0, time.perf_counter()
         if step % config.trainer.checkpoint_every == 0 and step < total_steps:
-            save_checkpoint(engine, output_dir, step, {"step": step, "skipped": skipped, "rng": rng_state()},
+            save_checkpoint(engine, output_dir, step, {"step": step, **counts, "rng": rng_state()},
                             config.trainer.keep_checkpoints)
     bar.close()
     train_seconds = time.perf_counter() - loop_start
-    save_checkpoint(engine, output_dir, step, {"step": step, "skipped": skipped, "rng": rng_state()},
+    save_checkpoint(engine, output_dir, step, {"step": step, **counts, "rng": rng_state()},
                     config.trainer.keep_checkpoints)
     if writer is not None:
         writer.close()
     if rank != 0:
         return {}
-    return finish_run(engine.module.student, config, tokenizer, preprocess, output_dir, step, skipped, json_path, image_root,
-                      train_seconds)
+    data_counts = {"skipped_train_samples": counts["skipped"],
+                   "skipped_train_rows": data.dropped.total() + counts["bad_captions"],
+                   "truncated_train_captions": counts["truncated"]}
+    return finish_run(engine.module.student, config, tokenizer, preprocess, output_dir, step, data_counts, json_path,
+                      image_root, train_seconds)
 
 
 def finish_run(student: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBase, preprocess: ImagePreprocessor,
-               output_dir: Path, step: int, skipped: int, json_path: Path, image_root: Path | None,
+               output_dir: Path, step: int, data_counts: dict[str, int], json_path: Path, image_root: Path | None,
                train_seconds: float) -> dict[str, Any]:
     """Export the student, evaluate retrieval on the configured split, print and save the metrics."""
     export_dir = save_pretrained(student, config, tokenizer, preprocess, output_dir / "export",
-                                 {"step": step, "skipped_train_samples": skipped})
+                                 {"step": step, **data_counts})
     bundle = load_pretrained(export_dir)
     metrics = evaluate_retrieval(bundle, json_path, image_root, config.eval.split, config.eval.batch_size,
                                  config.eval.ks, config.trainer.progress_bar)
-    metrics["skipped_train_samples"] = skipped
+    metrics.update(data_counts)
     metrics["train_seconds"] = round(train_seconds, 1)  # this process's loop (a resumed run: since the resume)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     meta_path = export_dir / "metadata.json"
@@ -248,6 +256,9 @@ def finish_run(student: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBa
     tmp.replace(meta_path)
     print(f"\nretrieval on '{config.eval.split}' ({metrics['num_images']} images, {metrics['num_texts']} captions):")
     print(format_recall_table(metrics))
-    print(f"trained to step {step} in {train_seconds / 60:.1f} min; skipped training samples (undecodable images): {skipped}")
+    print(f"trained to step {step} in {train_seconds / 60:.1f} min; skipped training samples (undecodable images): "
+          f"{data_counts['skipped_train_samples']}; rows or captions dropped (empty, not UTF-8, malformed, not downloaded): "
+          f"{data_counts['skipped_train_rows']}; captions truncated to data.max_text_length: "
+          f"{data_counts['truncated_train_captions']}")
     print(f"exported model: {export_dir}")
     return metrics

@@ -20,8 +20,8 @@ def check_run_config(config: Config) -> None:
         looks_local = value is not None and value.startswith((".", "/", "~"))
         if looks_local and not Path(value).expanduser().exists():
             raise ConfigError(f"{key}: '{value}' does not exist (expected a local folder or a hub id)")
-    if config.data.karpathy_json is None and not config.data.demo:
-        raise ConfigError("data.karpathy_json is not set (and data.demo is false): no dataset to train on")
+    if config.data.karpathy_json is None and not config.data.demo and not config.data.sources:
+        raise ConfigError("data.karpathy_json is not set (and data.demo is false, data.sources is empty): no dataset to train on")
     if config.data.karpathy_json is not None and not Path(config.data.karpathy_json).is_file():
         raise ConfigError(f"data.karpathy_json: '{config.data.karpathy_json}' does not exist (expected a Karpathy-split JSON)")
     if config.data.image_root is not None and not Path(config.data.image_root).is_dir():
