@@ -147,7 +147,7 @@ def run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"-k: got {args.k}, expected 1..1000")
     searcher = Searcher(args.index_dir, args.ckpt, args.device)
     hits = searcher.by_text(args.text, args.k) if args.text is not None else searcher.by_image(open_image(args.image), args.k)
-    print(json.dumps([vars(h) for h in hits], indent=2, ensure_ascii=False) if args.json else format_hits(hits))
+    print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False) if args.json else format_hits(hits))
     return 0
 
 

@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -21,7 +20,13 @@ from mmd2v2.models.pretrained import load_pretrained, save_pretrained
 from mmd2v2.retrieval import index_build
 from mmd2v2.retrieval.collection import read_collection
 from mmd2v2.retrieval.index_build import BuildOptions, build_index
-from mmd2v2.retrieval.index_store import IndexFolder, build_faiss_index, choose_index_type
+from mmd2v2.retrieval.index_store import (
+    IndexFolder,
+    apply_search_params,
+    build_faiss_index,
+    choose_index_type,
+    default_search_params,
+)
 from mmd2v2.retrieval.search import Searcher
 
 WORDS = "small large red green blue circle square cross at top left right bottom and".split()
@@ -192,10 +197,12 @@ def test_bad_input_gets_one_line_errors_and_nothing_is_overwritten(tmp_path: Pat
 def test_index_type_follows_collection_size_and_memory_budget() -> None:
     assert choose_index_type(50_000, 256, 4 * 2**30) == "Flat"
     assert choose_index_type(1_000_000, 256, 4 * 2**30) == "HNSW32,Flat"  # 1.28 GB of vectors and graph fit
-    assert choose_index_type(1_000_000, 256, 2**30) == "IVF4096,PQ64"  # they do not: 64-byte PQ codes
+    # they do not: 4-bit PQ codes (32 bytes) re-ranked by 8-bit codes (256 bytes), or the PQ codes alone
+    assert choose_index_type(1_000_000, 256, 2**30) == "IVF1024,PQ64x4fs,Refine(SQ8)"
+    assert choose_index_type(1_000_000, 256, 2**28) == "IVF1024,PQ64x4fs"
 
 
-@pytest.mark.parametrize("index_type", ["HNSW32,Flat", "IVF16,PQ8", "IVF16,Flat"])
+@pytest.mark.parametrize("index_type", ["HNSW32,Flat", "IVF16,PQ8x4fs", "IVF16,Flat", "IVF16,PQ8x4fs,Refine(SQ8)"])
 def test_approximate_indexes_find_the_exact_neighbours(index_type: str) -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 16))
@@ -204,11 +211,10 @@ def test_approximate_indexes_find_the_exact_neighbours(index_type: str) -> None:
     queries = data[:50] + 0.05 * rng.normal(size=(50, 16)).astype(np.float32)
     exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
     index = build_faiss_index(data, index_type)
-    if index_type.startswith("IVF"):
-        faiss.extract_index_ivf(index).nprobe = 8
+    apply_search_params(index, {**default_search_params(index_type), **({"nprobe": 4} if "IVF" in index_type else {})})
     found = index.search(queries, 10)[1]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
-    assert recall > (0.5 if "PQ" in index_type else 0.9)
+    assert recall > {"HNSW32,Flat": 0.95, "IVF16,Flat": 0.9, "IVF16,PQ8x4fs": 0.15, "IVF16,PQ8x4fs,Refine(SQ8)": 0.6}[index_type]
 
 
 def test_searcher_by_id_returns_the_item_first(tmp_path: Path, export: Path, demo_dir: Path) -> None:

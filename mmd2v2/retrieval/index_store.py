@@ -55,23 +55,34 @@ def checkpoint_id(export_dir: str | Path) -> str:
 
 
 def choose_index_type(count: int, dim: int, memory_budget_bytes: float) -> str:
-    """Exact below 100k vectors; HNSW when its graph and raw vectors fit the budget; IVF-PQ otherwise."""
+    """The FAISS factory string for `count` vectors of `dim` floats that fits `memory_budget_bytes`.
+
+    Exact below 100k vectors; HNSW over the raw vectors when vectors and graph fit; else IVF with 4-bit fast-scan
+    PQ codes (dim/4 bytes a vector) re-ranked by 8-bit scalar-quantised vectors (dim bytes) when those fit;
+    else the PQ codes alone (smallest, lowest recall).
+    """
     if count < EXACT_LIMIT:
         return "Flat"
     if count * (dim * 4 + 32 * 2 * 4) * 1.1 <= memory_budget_bytes:
         return "HNSW32,Flat"
-    nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
-    subquantizers = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= dim // 2 or m == 1)
-    return f"IVF{nlist},PQ{subquantizers}"
+    nlist = 2 ** round(math.log2(math.sqrt(count)))
+    subquantizers = next(m for m in range(max(2, dim // 4), 0, -1) if dim % m == 0 and m % 2 == 0)
+    ivf_pq = f"IVF{nlist},PQ{subquantizers}x4fs"
+    if count * (dim + subquantizers / 2) * 1.1 <= memory_budget_bytes:
+        return f"{ivf_pq},Refine(SQ8)"
+    return ivf_pq
 
 
 def default_search_params(index_type: str) -> dict[str, int]:
     """Search-time parameters that give high recall for the approximate index types."""
+    params = {}
     if index_type.startswith("IVF"):
-        return {"nprobe": 32}
+        params["nprobe"] = 32
     if index_type.startswith("HNSW"):
-        return {"efSearch": 128}
-    return {}
+        params["efSearch"] = 128
+    if "Refine" in index_type:
+        params["k_factor"] = 8  # re-rank 8k candidates with the finer codes
+    return params
 
 
 def build_faiss_index(vectors: np.ndarray, index_type: str, seed: int = 0) -> Any:
@@ -94,13 +105,15 @@ def build_faiss_index(vectors: np.ndarray, index_type: str, seed: int = 0) -> An
 
 
 def apply_search_params(index: Any, params: dict[str, int]) -> None:
-    """Set nprobe / efSearch on an index (no-op for exact indexes)."""
+    """Set nprobe / efSearch / k_factor on an index (no-op for exact indexes)."""
     import faiss
 
     if "nprobe" in params:
         faiss.extract_index_ivf(index).nprobe = params["nprobe"]
     if "efSearch" in params:
         faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]
+    if "k_factor" in params:
+        faiss.downcast_index(index).k_factor = params["k_factor"]
 
 
 def write_index_folder(folder: Path, index: Any, rows: list[dict[str, Any]], manifest: IndexManifest) -> None:
@@ -121,13 +134,37 @@ def write_index_folder(folder: Path, index: Any, rows: list[dict[str, Any]], man
     replace_folder(tmp, folder)
 
 
-@dataclass
 class SearchHit:
-    """One search result: vector id, score and its metadata row."""
+    """One search result: vector id, score and its metadata row (parsed when first read)."""
 
-    id: int
-    score: float
-    row: dict[str, Any]
+    __slots__ = ("id", "score", "_line", "_row")
+
+    def __init__(self, vector_id: int, score: float, line: str) -> None:
+        self.id, self.score, self._line, self._row = vector_id, score, line, None
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The metadata row of the hit."""
+        if self._row is None:
+            self._row = json.loads(self._line)
+        return self._row
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"id", "score", "row"} for JSON output."""
+        return {"id": self.id, "score": self.score, "row": self.row}
+
+
+class SearchResults:
+    """Top-k ids and scores of a batch of queries; `results[q]` gives query q's hits with their metadata rows."""
+
+    def __init__(self, scores: np.ndarray, ids: np.ndarray, lines: list[str]) -> None:
+        self.scores, self.ids, self._lines = scores, ids, lines
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, query: int) -> list[SearchHit]:
+        return [SearchHit(i, s, self._lines[i]) for s, i in zip(self.scores[query].tolist(), self.ids[query].tolist()) if i >= 0]
 
 
 class IndexFolder:
@@ -160,7 +197,7 @@ class IndexFolder:
         if self.index.d != self.manifest.dim:
             raise ValueError(f"{self.folder}: index dimension {self.index.d} but manifest says {self.manifest.dim}")
         apply_search_params(self.index, self.manifest.search_params)
-        if self.manifest.index_type.startswith("IVF"):
+        if self.manifest.index_type.startswith("IVF") and "Refine" not in self.manifest.index_type:
             faiss.extract_index_ivf(self.index).make_direct_map()  # lets `reconstruct` look up a stored vector
 
     def row(self, vector_id: int) -> dict[str, Any]:
@@ -177,9 +214,8 @@ class IndexFolder:
             raise ValueError(f"{self.folder}: built with checkpoint id {self.manifest.checkpoint_id} "
                              f"({self.manifest.checkpoint}), the query model's id is {model_id}")
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
+    def search(self, queries: np.ndarray, k: int) -> SearchResults:
         """Top-k hits (score-descending) for each query vector."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
         scores, ids = self.index.search(queries, min(k, self.index.ntotal))
-        return [[SearchHit(int(i), float(s), self.row(int(i))) for s, i in zip(srow, irow) if i >= 0]
-                for srow, irow in zip(scores, ids)]
+        return SearchResults(scores, ids, self.lines)
