@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mmd2v2.config import ConfigError, config_to_dict, load_config
 
@@ -37,11 +39,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `eval/retrieval.py` / `mmd2v2 eval`."""
-    parser.add_argument("--ckpt", type=Path, required=True, help="run folder (uses its export/) or exported folder")
+    parser.add_argument("--ckpt", type=Path, help="run folder (uses its export/) or exported folder")
+    parser.add_argument("--dataset", help="coco, flickr30k (Karpathy files under --data-root) or a Karpathy-style JSON "
+                                          "(default: the split the model was trained with)")
+    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("MMD2V2_DATA", "data")),
+                        help="folder holding coco/ and flickr30k/ (default: $MMD2V2_DATA or data)")
+    parser.add_argument("--image-root", type=Path, help="image folder (default: beside the JSON, or the benchmark's)")
     parser.add_argument("--split", default="test", help="split of the caption JSON (default: test)")
-    parser.add_argument("--dataset", type=Path, help="Karpathy-style JSON (default: the one the model was trained on)")
-    parser.add_argument("--image-root", type=Path, help="image folder (default: beside the JSON)")
     parser.add_argument("--json", type=Path, help="write the recalls to this JSON file")
+    parser.add_argument("--plot", type=Path, help="write a PNG of recall@k for k = 1..50 in both directions")
+    parser.add_argument("--save-embeddings", type=Path, help="write the split's embeddings to this .npz")
+    parser.add_argument("--embeddings", type=Path, help="reuse embeddings from --save-embeddings instead of encoding")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
 
@@ -53,20 +61,52 @@ def _cuda() -> bool:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate retrieval from parsed arguments; prints a table, optionally writes JSON."""
-    from mmd2v2.models.pretrained import load_pretrained
-    from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
-    from mmd2v2.retrieval.recall import format_recall_table
+    """Evaluate retrieval from parsed arguments: table on stdout, optional JSON, plot and saved embeddings."""
+    from mmd2v2.retrieval.encode import load_embeddings, save_embeddings
+    from mmd2v2.retrieval.evaluate import recall_report
+    from mmd2v2.retrieval.recall import format_recall_table, recall_curve
 
-    bundle = load_pretrained(_export_dir(args.ckpt), args.device)
-    json_path, image_root = (args.dataset, args.image_root) if args.dataset else resolve_dataset(bundle.config)
-    metrics = evaluate_retrieval(bundle, json_path, image_root, args.split, args.batch_size, bundle.config.eval.ks)
-    print(f"retrieval on '{args.split}' of {json_path} ({metrics['num_images']} images, {metrics['num_texts']} captions):")
+    if args.embeddings is not None:
+        embeddings, info = load_embeddings(args.embeddings)
+        source = f"{info.get('dataset')} (embeddings {args.embeddings})"
+    else:
+        if args.ckpt is None:
+            raise ValueError("--ckpt is required (unless --embeddings gives saved vectors)")
+        embeddings, info = _encode_for_eval(args)
+        source = info["dataset"]
+    if args.save_embeddings is not None:
+        save_embeddings(embeddings, args.save_embeddings, info)
+    metrics = recall_report(embeddings, args.split, [1, 5, 10])
+    print(f"retrieval on '{args.split}' of {source} ({metrics['num_images']} images, {metrics['num_texts']} captions):")
     print(format_recall_table(metrics))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics, indent=2))
+        args.json.write_text(json.dumps({**metrics, **info}, indent=2))
+    if args.plot:
+        from mmd2v2.retrieval.plots import plot_recall_curve
+
+        curve = recall_curve(embeddings.image_emb, embeddings.text_emb, embeddings.text_image_index, max_k=50)
+        plot_recall_curve(curve, args.plot, f"recall@k, {Path(source.split(' (')[0]).name} '{args.split}'")
     return 0
+
+
+def _encode_for_eval(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    from mmd2v2.data.karpathy import load_karpathy_split
+    from mmd2v2.models.pretrained import load_pretrained
+    from mmd2v2.retrieval.benchmarks import benchmark_files
+    from mmd2v2.retrieval.encode import encode_split
+    from mmd2v2.retrieval.evaluate import resolve_dataset
+    from mmd2v2.retrieval.index_store import checkpoint_id
+
+    folder = _export_dir(args.ckpt)
+    bundle = load_pretrained(folder, args.device)
+    if args.dataset:
+        json_path, image_root = benchmark_files(args.dataset, args.data_root, args.image_root)
+    else:
+        json_path, image_root = resolve_dataset(bundle.config)
+    records = load_karpathy_split(json_path, args.split, image_root)
+    embeddings = encode_split(bundle, records, args.batch_size, bundle.config.data.max_text_length)
+    return embeddings, {"dataset": str(json_path), "checkpoint": str(folder), "checkpoint_id": checkpoint_id(folder)}
 
 
 def _export_dir(ckpt: Path) -> Path:

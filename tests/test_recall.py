@@ -141,5 +141,5 @@ def test_table_shows_numbers_and_rsum() -> None:
     assert lines[0].split() == ["R@1", "R@2", "R@3"]
     assert lines[1].split() == ["image→text", "33.33", "100.00", "100.00"]
     assert lines[2].split() == ["text→image", "40.00", "80.00", "100.00"]
-    assert lines[3].split() == ["rsum", "453.33"]
+    assert lines[3].split() == ["rsum", "453.33", "mean", "75.56"]  # 453.33 / 6
     assert len({len(line) for line in lines[:3]}) == 1  # the rows are aligned

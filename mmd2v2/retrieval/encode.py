@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,3 +60,29 @@ def encode_texts(bundle: PretrainedMMD2V2, texts: list[str], max_length: int | N
                               max_length=max_length or bundle.config.data.max_text_length)
     with torch.inference_mode():
         return bundle.model.encode_texts(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+
+
+def save_embeddings(embeddings: SplitEmbeddings, path: str | Path, info: dict[str, str]) -> Path:
+    """Write a split's embeddings to an .npz (no pickled objects) with `info` (checkpoint id, dataset, split)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, image_emb=embeddings.image_emb, text_emb=embeddings.text_emb,
+             text_image_index=embeddings.text_image_index, num_skipped=np.asarray(embeddings.num_skipped),
+             info=np.asarray(json.dumps(info)))
+    tmp.replace(path)
+    return path
+
+
+def load_embeddings(path: str | Path) -> tuple[SplitEmbeddings, dict[str, str]]:
+    """Read what `save_embeddings` wrote: the embeddings and their info."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--embeddings: '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            embeddings = SplitEmbeddings(data["image_emb"], data["text_emb"], data["text_image_index"], int(data["num_skipped"]))
+            info = json.loads(str(data["info"]))
+    except (KeyError, ValueError, OSError) as error:
+        raise ValueError(f"{path}: not an embeddings file written by --save-embeddings ({error})") from None
+    return embeddings, info

@@ -7,8 +7,8 @@ from pathlib import Path
 from mmd2v2.config import Config
 from mmd2v2.data.karpathy import load_karpathy_split
 from mmd2v2.models.pretrained import PretrainedMMD2V2
-from mmd2v2.retrieval.encode import encode_split
-from mmd2v2.retrieval.recall import recall_at_k
+from mmd2v2.retrieval.encode import SplitEmbeddings, encode_split
+from mmd2v2.retrieval.recall import recall_at_k, rsum
 
 
 def resolve_dataset(config: Config) -> tuple[Path, Path | None]:
@@ -29,12 +29,20 @@ def resolve_dataset(config: Config) -> tuple[Path, Path | None]:
                      "and data.karpathy_json is not set)")
 
 
+def recall_report(embeddings: SplitEmbeddings, split: str, ks: list[int]) -> dict[str, object]:
+    """Recall@k both ways, their sum (rsum) and mean, and the split's sizes."""
+    recalls = recall_at_k(embeddings.image_emb, embeddings.text_emb, embeddings.text_image_index, ks)
+    total = rsum(recalls)
+    report: dict[str, object] = dict(recalls)
+    report.update({"rsum": total, "mean_recall": total / (2 * len(ks)), "split": split,
+                   "num_images": int(len(embeddings.image_emb)), "num_texts": int(len(embeddings.text_emb)),
+                   "skipped_images": embeddings.num_skipped})
+    return report
+
+
 def evaluate_retrieval(bundle: PretrainedMMD2V2, json_path: Path, image_root: Path | None, split: str,
                        batch_size: int, ks: list[int], progress: bool = True) -> dict[str, object]:
-    """Recall@k both ways on `split`, plus the split's sizes: {"image_to_text": {...}, "text_to_image": {...}, ...}."""
+    """Encode `split` and report recall@k both ways: {"image_to_text": {...}, "text_to_image": {...}, "rsum", ...}."""
     records = load_karpathy_split(json_path, split, image_root)
     embeddings = encode_split(bundle, records, batch_size, bundle.config.data.max_text_length, progress)
-    recalls: dict[str, object] = dict(recall_at_k(embeddings.image_emb, embeddings.text_emb, embeddings.text_image_index, ks))
-    recalls.update({"split": split, "num_images": int(len(embeddings.image_emb)),
-                    "num_texts": int(len(embeddings.text_emb)), "skipped_images": embeddings.num_skipped})
-    return recalls
+    return recall_report(embeddings, split, ks)

@@ -107,10 +107,11 @@ def rsum(recalls: dict[str, dict[str, float]]) -> float:
 
 
 def format_recall_table(recalls: dict[str, dict[str, float]]) -> str:
-    """Aligned text table of recall@k in both directions, with the rsum on a last line."""
+    """Aligned text table of recall@k in both directions, with the rsum and the mean recall on a last line."""
     keys = list(recalls["image_to_text"])
     lines = [f"{'':<12}" + "".join(f"{k:>8}" for k in keys)]
     for name, direction in (("image→text", "image_to_text"), ("text→image", "text_to_image")):
         lines.append(f"{name:<12}" + "".join(f"{recalls[direction][k]:>8.2f}" for k in keys))
-    lines.append(f"{'rsum':<12}{rsum(recalls):>8.2f}")
+    total = rsum(recalls)
+    lines.append(f"{'rsum':<12}{total:>8.2f}   mean {total / (2 * len(keys)):.2f}")
     return "\n".join(lines)
