@@ -189,6 +189,7 @@ class TrainerConfig:
     checkpoint_every: int = 500  # optimizer steps; a final checkpoint is always written
     keep_checkpoints: int = 2
     progress_bar: bool = True
+    init_from: str | None = None  # exported model (folder) whose weights start the student: finetuning
 
 
 @dataclass

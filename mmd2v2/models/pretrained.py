@@ -90,3 +90,21 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> P
     preprocess = ImagePreprocessor.from_dict(json.loads((folder / PREPROCESSING).read_text()))
     return PretrainedMMD2V2(model.to(device).eval(), load_tokenizer(folder / TOKENIZER), preprocess, config,
                             json.loads((folder / METADATA).read_text()))
+
+
+def load_student_weights(model: MMD2V2, folder: str | Path) -> None:
+    """Start `model` from an exported folder's weights (training-only heads keep their fresh init)."""
+    path = Path(folder) / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.init_from: '{folder}' has no {WEIGHTS} (expected an mmd2v2 export folder)")
+    state, own = load_file(str(path)), model.state_dict()
+    for name, tensor in state.items():
+        if name not in own:
+            raise ValueError(f"trainer.init_from: tensor '{name}' of {path} does not exist in this model's config")
+        if own[name].shape != tensor.shape:
+            raise ValueError(f"trainer.init_from: tensor '{name}' has shape {tuple(tensor.shape)} in {path}, "
+                             f"the config makes {tuple(own[name].shape)}")
+    missing = [k for k in own if k not in state and not k.startswith(TRAINING_ONLY_PREFIXES)]
+    if missing:
+        raise ValueError(f"trainer.init_from: {path} lacks {len(missing)} tensors of this model (first: '{missing[0]}')")
+    model.load_state_dict(state, strict=False)

@@ -26,7 +26,7 @@ from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preproces
 from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
 from mmd2v2.losses.objective import MMD2V2Objective
 from mmd2v2.models.mmd2v2 import MMD2V2
-from mmd2v2.models.pretrained import load_pretrained, save_pretrained
+from mmd2v2.models.pretrained import load_pretrained, load_student_weights, save_pretrained
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
 from mmd2v2.retrieval.recall import format_recall_table
@@ -148,6 +148,8 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
 
     teacher = ImageTeacher(config.teacher) if config.teacher.enabled and config.loss.kd_weight > 0 else None
     student = MMD2V2(config.model, teacher_dim=teacher.dim if teacher else None)
+    if config.trainer.init_from and not resume:
+        load_student_weights(student, config.trainer.init_from)
     objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher.dim if teacher else None)
     accumulation = config.deepspeed.gradient_accumulation_steps
     global_batch = config.trainer.micro_batch_size * accumulation * world

@@ -20,6 +20,8 @@ def check_run_config(config: Config) -> None:
         looks_local = value is not None and value.startswith((".", "/", "~"))
         if looks_local and not Path(value).expanduser().exists():
             raise ConfigError(f"{key}: '{value}' does not exist (expected a local folder or a hub id)")
+    if config.trainer.init_from is not None and not Path(config.trainer.init_from).is_dir():
+        raise ConfigError(f"trainer.init_from: '{config.trainer.init_from}' is not a folder (expected an mmd2v2 export)")
     if config.data.karpathy_json is None and not config.data.demo and not config.data.sources:
         raise ConfigError("data.karpathy_json is not set (and data.demo is false, data.sources is empty): no dataset to train on")
     if config.data.karpathy_json is not None and not Path(config.data.karpathy_json).is_file():
