@@ -47,3 +47,24 @@ def test_load_test_reports_latency_and_zero_errors(tmp_path: Path, demo_dir: Pat
     rows = [line.split() for line in lines[header + 1 :]]
     assert [row[:2] for row in rows] == [["1", "4"], ["4", "16"]]
     assert all(float(row[2]) > 0 and float(row[3]) >= float(row[2]) and row[5] == "0" for row in rows)
+
+
+def test_bench_index_compares_our_search_path_with_raw_faiss(capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_index.py", "--count", "4000", "--dim", "32", "--queries", "50", "--clusters", "20",
+                                      "--types", "Flat", "HNSW32,Flat", "IVF16,PQ8x4fs,Refine(SQ8)"])
+    runpy.run_path(str(ROOT / "scripts" / "bench_index.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("index"))
+    rows = {line.split()[0]: line.split() for line in lines[header + 1 :]}
+    assert list(rows) == ["Flat", "HNSW32,Flat", "IVF16,PQ8x4fs,Refine(SQ8)"]
+    assert rows["Flat"][-1] == "1.000"  # exact search is its own reference
+    assert all(0.0 < float(row[-1]) <= 1.0 and row[-2].endswith("%") for row in rows.values())
+
+
+def test_bench_recall_agrees_with_the_dense_baseline(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_recall.py", "--images", "200", "--dim", "16", "--repeats", "1"])
+    runpy.run_path(str(ROOT / "scripts" / "bench_recall.py"), run_name="__main__")  # asserts both methods agree
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("200 images x 1000 captions") and len(lines) == 4
+    assert lines[2].split()[-2:] == lines[3].split()[-2:]  # same R@5 both ways

@@ -79,7 +79,7 @@ def default_search_params(index_type: str) -> dict[str, int]:
     if index_type.startswith("IVF"):
         params["nprobe"] = 32
     if index_type.startswith("HNSW"):
-        params["efSearch"] = 128
+        params["efSearch"] = 256
     if "Refine" in index_type:
         params["k_factor"] = 8  # re-rank 8k candidates with the finer codes
     return params
