@@ -134,6 +134,12 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
             action.add_argument("--ckpt", type=Path, help="model (default: the one that built the index)")
         action.add_argument("--images", type=Path, action="append", help="folder of images (repeatable)")
         action.add_argument("--texts", type=Path, action="append", help=".txt (a caption per line) or .jsonl with 'text'")
+        action.add_argument("--dataset", action="append", help="coco, flickr30k or a Karpathy-style JSON: the images of "
+                                                               "--split, with their captions as metadata (repeatable)")
+        action.add_argument("--split", default="test", help="split of --dataset (default: test)")
+        action.add_argument("--data-root", type=Path, default=Path(os.environ.get("MMD2V2_DATA", "data")),
+                            help="folder holding coco/ and flickr30k/ (default: $MMD2V2_DATA or data)")
+        action.add_argument("--image-root", type=Path, help="image folder of --dataset (default: beside the JSON)")
         action.add_argument("--batch-size", type=int, default=128)
         action.add_argument("--device", default="cuda" if _cuda() else "cpu")
     info = actions.add_parser("info", help="describe an index folder")
@@ -152,7 +158,10 @@ def run_index(args: argparse.Namespace) -> int:
     from mmd2v2.retrieval.collection import read_collection
     from mmd2v2.retrieval.index_build import BuildOptions, add_to_index, build_index
 
-    collection = read_collection(args.images, args.texts)
+    from mmd2v2.retrieval.benchmarks import benchmark_files
+
+    datasets = [benchmark_files(spec, args.data_root, args.image_root) for spec in args.dataset or []]
+    collection = read_collection(args.images, args.texts, [(json_path, args.split, root) for json_path, root in datasets])
     if args.action == "build":
         folder = _export_dir(args.ckpt)
         options = BuildOptions(args.index_type, args.memory_budget_gb, args.shard_size, args.batch_size, args.overwrite)

@@ -224,3 +224,19 @@ def test_searcher_by_id_returns_the_item_first(tmp_path: Path, export: Path, dem
     assert searcher.by_id(5, k=3)[0].id == 5
     with pytest.raises(KeyError, match="id 99"):
         searcher.by_id(99)
+
+
+def test_build_from_a_karpathy_split_keeps_captions_as_metadata(tmp_path: Path, export: Path, demo_dir: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "index"
+    assert main(["index", "build", "--ckpt", str(export), "--dataset", str(demo_dir / "dataset_demo.json"),
+                 "--split", "val", "--out", str(out)]) == 0
+    opened = IndexFolder(out)
+    data = json.loads((demo_dir / "dataset_demo.json").read_text())
+    val = [e for e in data["images"] if e["split"] == "val"]
+    assert opened.manifest.count == len(val) == 4 and opened.manifest.sources[0]["split"] == "val"
+    row = opened.row(0)
+    assert row["path"] == f"{val[0]['filepath']}/{val[0]['filename']}" and row["captions"] == [s["raw"] for s in val[0]["sentences"]]
+    capsys.readouterr()
+    assert main(["index", "build", "--ckpt", str(export), "--dataset", "coco", "--data-root", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "coco/dataset_coco.json" in capsys.readouterr().err

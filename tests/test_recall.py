@@ -86,6 +86,32 @@ def test_matches_torchmetrics_hit_rate() -> None:
         assert recalls["text_to_image"][f"R@{k}"] / 100 == pytest.approx(t2i, abs=1e-6)
 
 
+def _clip_benchmark_recall(image: np.ndarray, text: np.ndarray, owner: np.ndarray, k: int) -> tuple[float, float]:
+    """CLIP_benchmark's definition, written independently: a text x image score matrix, a positive-pair mask,
+    torch.topk per query, a hit when the top k holds at least one positive; mean over queries."""
+    scores = torch.from_numpy(text) @ torch.from_numpy(image).T  # (texts, images)
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(text)), torch.from_numpy(owner)] = True
+    t2i = positive.gather(1, scores.topk(k, dim=1).indices).any(dim=1).float().mean().item()
+    i2t = positive.T.gather(1, scores.T.topk(k, dim=1).indices).any(dim=1).float().mean().item()
+    return 100 * i2t, 100 * t2i
+
+
+def test_matches_clip_benchmark_definition_with_ties() -> None:
+    # 5 captions per image; the last caption of every image duplicates its fourth, so scores tie exactly.
+    # Ties only between captions of one image cannot change a hit, so any tie-breaking must agree.
+    image, text, owner = _random_set(3, images=120)
+    text = text.reshape(120, 5, -1)
+    text[:, 4] = text[:, 3]
+    text = np.ascontiguousarray(text.reshape(600, -1))
+    recalls = recall_at_k(image, text, owner, ks=(1, 5, 10))
+    for k in (1, 5, 10):
+        i2t, t2i = _clip_benchmark_recall(image, text, owner, k)
+        assert recalls["image_to_text"][f"R@{k}"] == pytest.approx(i2t, abs=1e-4)
+        assert recalls["text_to_image"][f"R@{k}"] == pytest.approx(t2i, abs=1e-4)
+    assert 0 < recalls["text_to_image"]["R@1"] < 100
+
+
 def test_uneven_captions_blocking_tensors_and_curve() -> None:
     image, text, owner = _random_set(2, images=50)
     keep = np.random.default_rng(3).random(len(owner)) < 0.6

@@ -1,4 +1,4 @@
-"""Collections to index: the images of a folder, the lines of a caption file, in a stable order.
+"""Collections to index: the images of a folder or a dataset split, the lines of a caption file, in a stable order.
 
 Every item has a metadata row: `{"kind": "image", "source": S, "path": "relative/path.jpg"}` for an image under
 source S's root, or `{"kind": "text", "text": "...", ...extra fields}` for a caption. The order is sorted and
@@ -67,15 +67,31 @@ def add_text_file(collection: Collection, path: str | Path) -> None:
         collection.rows.append({**{k: v for k, v in record.items() if k != "text"}, "kind": "text", "text": text.strip()})
 
 
-def read_collection(images: list[Path] | None = None, texts: list[Path] | None = None) -> Collection:
-    """A collection from image folders and caption files (at least one of them)."""
+def add_karpathy_split(collection: Collection, json_path: Path, split: str, image_root: Path | None) -> None:
+    """Append the images of a Karpathy-split file's `split`, each with its image_id and captions as fields."""
+    from mmd2v2.data.karpathy import load_karpathy_split
+
+    records = load_karpathy_split(json_path, split, image_root)
+    root = Path(image_root) if image_root is not None else json_path.parent
+    source = len(collection.sources)
+    collection.sources.append({"kind": "images", "root": str(root.resolve()), "dataset": str(json_path.resolve()), "split": split})
+    for record in records:
+        collection.rows.append({"kind": "image", "source": source, "path": record.path.relative_to(root).as_posix(),
+                                "image_id": record.image_id, "captions": list(record.captions)})
+
+
+def read_collection(images: list[Path] | None = None, texts: list[Path] | None = None,
+                    datasets: list[tuple[Path, str, Path | None]] | None = None) -> Collection:
+    """A collection from image folders, caption files and Karpathy splits (json, split, image root)."""
     collection = Collection()
     for folder in images or []:
         add_image_folder(collection, folder)
     for path in texts or []:
         add_text_file(collection, path)
+    for json_path, split, image_root in datasets or []:
+        add_karpathy_split(collection, json_path, split, image_root)
     if not collection.rows:
-        raise ValueError("nothing to index: give --images FOLDER and/or --texts FILE")
+        raise ValueError("nothing to index: give --images FOLDER, --texts FILE and/or --dataset SPEC")
     return collection
 
 
