@@ -166,3 +166,11 @@ def test_teacher_is_frozen_and_always_in_eval_mode() -> None:
     pre.load_state_dict(teacher.state_dict())
     assert not torch.allclose(pre(pixels), first)  # before vs after the final LayerNorm
     torch.testing.assert_close(teacher(pixels.bfloat16()), first, rtol=0.05, atol=0.05)  # a bf16 engine's input
+
+
+def test_checkpoint_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
+    _full_model("vit", tmp_path / "vit")
+    config = EncoderConfig(family="vit", pretrained=str(tmp_path / "vit"), config={"intermediate_size": 96})
+    with pytest.raises(ConfigError, match=r"model.image.pretrained: tensor '.*fc1.*' has shape \(64,.*the config makes \(96,") as error:
+        UnimodalEncoder(config, "image", "model.image")
+    assert "\n" not in str(error.value)

@@ -146,6 +146,8 @@ def load_hf_model(cfg: EncoderConfig, modality: str, key: str) -> PreTrainedMode
         hf_logging.set_verbosity_error()  # the weights of the dropped blocks are "unexpected" by design
         try:
             model = family.model_class.from_pretrained(cfg.pretrained, config=config, **kwargs)
+        except RuntimeError:  # HF's size-mismatch report is many lines; name the first tensor instead
+            raise ConfigError(shape_mismatch(family.model_class, cfg.pretrained, config, kwargs, key)) from None
         finally:
             hf_logging.set_verbosity(verbosity)
     try:
@@ -156,6 +158,17 @@ def load_hf_model(cfg: EncoderConfig, modality: str, key: str) -> PreTrainedMode
         raise ConfigError(f"{key}.family: {type(model).__name__} is not supported (expected embeddings and one "
                           "ModuleList of num_hidden_layers blocks: encoder.layer, layers or model.layer)")
     return model
+
+
+def shape_mismatch(model_class: type[PreTrainedModel], pretrained: str, config: PretrainedConfig,
+                   kwargs: dict[str, Any], key: str) -> str:
+    """One line naming the first checkpoint tensor whose shape differs from what `config` builds."""
+    _, info = model_class.from_pretrained(pretrained, config=config, ignore_mismatched_sizes=True,
+                                          output_loading_info=True, **kwargs)
+    if not info.get("mismatched_keys"):
+        return f"{key}.pretrained: the weights in '{pretrained}' do not match the config"
+    name, stored, wanted = sorted(info["mismatched_keys"])[0]
+    return f"{key}.pretrained: tensor '{name}' has shape {tuple(stored)} in '{pretrained}', the config makes {tuple(wanted)}"
 
 
 def block_list(model: nn.Module) -> nn.ModuleList | nn.Sequential:
