@@ -3,8 +3,9 @@
     python scripts/load_test.py --index INDEX_DIR [--clients 16] [--requests 40]
 
 Starts `mmd2v2 serve`'s application on a free loopback port (or targets --url), sends a bounded number of text
-searches (and every fourth request an image upload) from 1 client (the baseline) and from --clients concurrent
-clients, and prints p50/p99 latency, throughput and the number of errors (anything but HTTP 200).
+searches (and every fourth request an image upload) from 1 client and from --clients concurrent clients, with
+query batching off (the baseline: one model forward per request) and on, and prints p50/p99 latency, throughput
+and the number of errors (anything but HTTP 200). With --url only the running service is measured.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -71,7 +73,7 @@ def run_load(url: str, clients: int, requests: int, k: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print the load table: one client (baseline) against --clients concurrent clients."""
+    """Print the load table: 1 and --clients concurrent clients, query batching off (baseline) and on."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, help="index folder to serve in-process")
     parser.add_argument("--url", help="an already running service instead of --index")
@@ -81,19 +83,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.index is None) == (args.url is None):
         parser.error("give exactly one of --index and --url")
+    servers: dict[str, Any] = {}
     if args.index is not None:
         from mmd2v2.retrieval.search import Searcher
         from mmd2v2.retrieval.service import create_app, running_server
 
-        server = running_server(create_app(Searcher(args.index)))
+        searcher = Searcher(args.index)
+        servers = {"off": lambda: running_server(create_app(searcher, batch_queries=False)),
+                   "on": lambda: running_server(create_app(searcher, batch_queries=True))}
     else:
-        server = nullcontext(args.url.rstrip("/"))
-    with server as url:
-        one_request(url, 0, _query_image(), args.k)  # warm-up
-        rows = [run_load(url, 1, max(4, args.requests // 4), args.k), run_load(url, args.clients, args.requests, args.k)]
-    print(f"{'clients':>8} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
+        servers = {"?": lambda: nullcontext(args.url.rstrip("/"))}
+    rows = []
+    for batching, server in servers.items():
+        with server() as url:
+            one_request(url, 0, _query_image(), args.k)  # warm-up
+            for clients, requests in ((1, max(4, args.requests // 4)), (args.clients, args.requests)):
+                rows.append({"batching": batching, **run_load(url, clients, requests, args.k)})
+    print(f"{'batching':>8} {'clients':>8} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
     for row in rows:
-        print(f"{row['clients']:>8} {row['requests']:>9} {row['p50 ms']:>8.1f} {row['p99 ms']:>8.1f} {row['req/s']:>8.1f} {row['errors']:>7}")
+        print(f"{row['batching']:>8} {row['clients']:>8} {row['requests']:>9} {row['p50 ms']:>8.1f} {row['p99 ms']:>8.1f} "
+              f"{row['req/s']:>8.1f} {row['errors']:>7}")
     if any(row["errors"] for row in rows):
         sys.exit(1)
 

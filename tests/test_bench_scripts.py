@@ -43,10 +43,10 @@ def test_load_test_reports_latency_and_zero_errors(tmp_path: Path, demo_dir: Pat
     monkeypatch.setattr(sys, "argv", ["load_test.py", "--index", str(tmp_path / "index"), "--clients", "4", "--requests", "16"])
     runpy.run_path(str(ROOT / "scripts" / "load_test.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["clients", "requests"])
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["batching", "clients", "requests"])
     rows = [line.split() for line in lines[header + 1 :]]
-    assert [row[:2] for row in rows] == [["1", "4"], ["4", "16"]]
-    assert all(float(row[2]) > 0 and float(row[3]) >= float(row[2]) and row[5] == "0" for row in rows)
+    assert [row[:3] for row in rows] == [["off", "1", "4"], ["off", "4", "16"], ["on", "1", "4"], ["on", "4", "16"]]
+    assert all(float(row[3]) > 0 and float(row[4]) >= float(row[3]) and row[6] == "0" for row in rows)
 
 
 def test_bench_index_compares_our_search_path_with_raw_faiss(capsys: pytest.CaptureFixture[str],

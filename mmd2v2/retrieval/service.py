@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
+from mmd2v2.retrieval.batching import QueryBatcher
 from mmd2v2.retrieval.collection import image_path
 from mmd2v2.retrieval.index_store import SearchHit
 from mmd2v2.retrieval.search import Searcher
@@ -51,10 +52,15 @@ def _validation_message(error: RequestValidationError) -> str:
     return f"field '{where or 'body'}': {first.get('msg', 'invalid value')}"
 
 
-def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20) -> FastAPI:
-    """The FastAPI application serving `searcher`'s index."""
+def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_queries: bool = True) -> FastAPI:
+    """The FastAPI application serving `searcher`'s index (concurrent queries share model forwards by default)."""
     app = FastAPI(title="mmd2v2 search", docs_url="/api/docs", openapi_url="/api/openapi.json")
     index = searcher.index
+    if batch_queries:
+        texts, images = QueryBatcher(searcher.text_vectors), QueryBatcher(searcher.image_vectors)
+        text_vector, image_vector = texts.submit, images.submit
+    else:
+        text_vector, image_vector = (lambda t: searcher.text_vectors([t])[0]), (lambda i: searcher.image_vectors([i])[0])
     page = resources.files("mmd2v2.retrieval").joinpath("static/search.html").read_text(encoding="utf-8")
 
     @app.middleware("http")
@@ -95,7 +101,7 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20) -> FastAP
     def search_text(query: TextQuery) -> dict[str, Any]:
         if not query.text.strip():
             raise HTTPException(422, "field 'text': must not be blank")
-        return _hits_json(searcher.by_text(query.text, query.k))
+        return _hits_json(index.search(text_vector(query.text)[None], query.k)[0])
 
     @app.post("/api/search/image")
     def search_image(image: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K)) -> dict[str, Any]:
@@ -108,7 +114,7 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20) -> FastAP
                 decoded = opened.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise HTTPException(415, "upload is not a readable image (expected JPEG, PNG, WebP, ...)") from None
-        return _hits_json(searcher.by_image(decoded, k))
+        return _hits_json(index.search(image_vector(decoded)[None], k)[0])
 
     @app.get("/api/search/id/{item_id}")
     def search_id(item_id: int, k: int = Query(10, ge=1, le=MAX_K)) -> dict[str, Any]:
