@@ -133,9 +133,16 @@ class DataConfig:
     image_std: list[float] | None = None  # None = the image encoder's own, else ImageNet's
     max_text_length: int = 64
     num_workers: int = 0
+    random_crop_scale: list[float] | None = None  # training augmentation, e.g. [0.9, 1.0]: random resized crop
+    hflip_prob: float = 0.0  # training augmentation: left-right flip (captions saying left/right would then lie)
 
     def __post_init__(self) -> None:
         _check_sources(self.sources)
+        crop = self.random_crop_scale
+        if crop is not None and not (len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1):
+            raise ConfigError(f"config key 'data.random_crop_scale': got {crop}, expected [low, high] with 0 < low <= high <= 1")
+        if not 0 <= self.hflip_prob <= 1:
+            raise ConfigError(f"config key 'data.hflip_prob': got {self.hflip_prob}, expected a probability in [0, 1]")
 
 
 @dataclass

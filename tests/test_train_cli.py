@@ -23,7 +23,8 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())}
 
 
-STOCHASTIC = {"model.image.config.drop_path_rate": 0.2}  # so resuming must also restore the RNG state
+# drop path and augmentation draw random numbers, so resuming must also restore the RNG state
+STOCHASTIC = {"model.image.config.drop_path_rate": 0.2, "data.random_crop_scale": [0.6, 1.0], "data.hflip_prob": 0.5}
 
 
 @pytest.fixture(scope="module")

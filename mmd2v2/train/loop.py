@@ -19,6 +19,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.config import Config, SourceConfig, dump_config
+from mmd2v2.data.augmentation import random_resized_crop_flip
 from mmd2v2.data.demo_scenes import write_demo_dataset
 from mmd2v2.data.pairs import PairCollator
 from mmd2v2.data.sources import configured_sources, load_training_data, training_loader
@@ -194,6 +195,10 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
         if len(batch["image_ids"]) < 2:
             continue  # nothing to contrast (only possible when almost a whole batch failed to decode)
         batch = _to_device(batch, device, dtype)
+        if config.data.random_crop_scale is not None or config.data.hflip_prob > 0:
+            low, high = config.data.random_crop_scale or (1.0, 1.0)
+            ratio = (3 / 4, 4 / 3) if config.data.random_crop_scale is not None else (1.0, 1.0)
+            batch["pixel_values"] = random_resized_crop_flip(batch["pixel_values"], (low, high), ratio, config.data.hflip_prob)
         teacher_cls = teacher(batch["pixel_values"]) if teacher is not None else None
         terms = engine(**batch, teacher_cls=teacher_cls)
         engine.backward(terms["loss"])
