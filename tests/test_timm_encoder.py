@@ -131,3 +131,22 @@ def test_core_modules_do_not_import_timm() -> None:
             "import mmd2v2.models.pretrained, mmd2v2.data.preprocessing; assert 'timm' not in sys.modules, 'timm imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+def test_beitv2_converted_from_timm_matches_timm(tmp_path: Path) -> None:
+    from mmd2v2.config import TeacherConfig
+    from mmd2v2.models.convert_beit import convert_beit_state, write_beit_folder
+    from mmd2v2.models.teacher import ImageTeacher
+
+    torch.manual_seed(0)
+    model = timm.create_model("beitv2_base_patch16_224", num_classes=0, global_pool="token", **TINY).eval()
+    for name, param in model.named_parameters():  # timm starts LayerScale and biases at constants: make them count
+        if "gamma" in name or "bias" in name:
+            param.data.normal_()
+    config, state = convert_beit_state(model.state_dict(), image_size=TINY["img_size"])
+    folder = write_beit_folder(config, state, tmp_path / "beitv2")
+    teacher = ImageTeacher(TeacherConfig(family="beit", pretrained=str(folder), target="post_norm"))
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.forward_features(pixels)[:, 0]  # timm: blocks, then the final norm; CLS token
+    torch.testing.assert_close(teacher(pixels), expected, atol=1e-4, rtol=1e-4)
