@@ -2,7 +2,7 @@
 
     python scripts/convert_beit2.py --checkpoint beitv2_base_patch16_224_pt1k.pth --out checkpoints/beitv2_base_patch16_224
 
-The checkpoint is read without unpickling arbitrary objects (`torch.load(weights_only=True)`, or safetensors).
+The checkpoint is read without running pickled code (mmd2v2.models.checkpoint_reader), or from safetensors.
 Use the folder as the teacher: `teacher: {family: beit, pretrained: checkpoints/beitv2_base_patch16_224}`.
 """
 
@@ -12,25 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mmd2v2.models.checkpoint_reader import read_checkpoint  # noqa: E402
 from mmd2v2.models.convert_beit import convert_beit_state, write_beit_folder  # noqa: E402
-
-
-def read_checkpoint(path: Path) -> dict[str, object]:
-    """A .safetensors file or a torch checkpoint, loaded without arbitrary unpickling."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint: '{path}' does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path)))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling refusal becomes one line
-        raise ValueError(f"--checkpoint: '{path}' cannot be read as plain tensors ({str(error).splitlines()[0][:160]})") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,7 @@ def test_bad_checkpoints_get_one_line_errors(edit: object, message: str) -> None
         convert_beit_state(unilm_beitv2_state(), image_size=64)
 
 
-def test_script_converts_a_torch_checkpoint_without_unpickling_objects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_script_converts_a_torch_checkpoint_without_running_pickled_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import runpy
     import sys
 
@@ -83,7 +83,10 @@ def test_script_converts_a_torch_checkpoint_without_unpickling_objects(tmp_path:
     main = runpy.run_path(script)["main"]
     assert main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--image-size", str(SIZE)]) == 0
     assert (tmp_path / "out" / "config.json").is_file() and "2 blocks, width 32" in capsys.readouterr().out
-    torch.save({"model": unilm_beitv2_state(), "args": Path("pickled object")}, tmp_path / "unsafe.pth")
-    assert main(["--checkpoint", str(tmp_path / "unsafe.pth"), "--out", str(tmp_path / "unsafe")]) == 2
-    assert "cannot be read as plain tensors" in capsys.readouterr().err and not (tmp_path / "unsafe").exists()
+    torch.save({"model": unilm_beitv2_state(), "args": Path("pickled object")}, tmp_path / "with_objects.pth")
+    assert main(["--checkpoint", str(tmp_path / "with_objects.pth"), "--out", str(tmp_path / "objects"),
+                 "--image-size", str(SIZE)]) == 0
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    assert main(["--checkpoint", str(tmp_path / "broken.pth"), "--out", str(tmp_path / "broken")]) == 2
+    assert "is not a readable torch checkpoint" in capsys.readouterr().err and not (tmp_path / "broken").exists()
     assert sys.modules.get("timm") is None  # the conversion needs no timm

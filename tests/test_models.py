@@ -25,7 +25,7 @@ CASES = [(name, spec.config_class.model_type) for name, spec in sorted(FAMILIES.
 
 
 def _modality(model_type: str) -> str:
-    return "image" if model_type.startswith(("vit", "beit", "data2vec-vision", "dinov", "clip_vision")) else "text"
+    return "image" if model_type.startswith(("vit", "beit", "data2vec-vision", "data2vec2-vision", "dinov", "clip_vision")) else "text"
 
 
 def _full_model(model_type: str, folder: Path) -> torch.nn.Module:
@@ -129,6 +129,13 @@ def test_auto_family_refuses_a_folder_without_model_type(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="model.text.pretrained: .* has no model type"):
         UnimodalEncoder(EncoderConfig(family="auto", pretrained=str(tmp_path)), "text", "model.text")
 
+
+
+def test_family_refuses_a_folder_of_another_model_type(tmp_path: Path) -> None:
+    _full_model("data2vec-vision", tmp_path)  # data2vec 1.0 weights would not fill a data2vec 2.0 model
+    with pytest.raises(ConfigError, match="model.image.family: '.*' holds a 'data2vec-vision' model, family "
+                                          "'data2vec2-vision' loads 'data2vec2-vision' .set family: auto"):
+        UnimodalEncoder(EncoderConfig(family="data2vec2-vision", pretrained=str(tmp_path)), "image", "model.image")
 
 def _tiny_student(teacher_dim: int | None = 24) -> MMD2V2:
     torch.manual_seed(0)

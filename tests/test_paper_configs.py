@@ -17,12 +17,11 @@ from transformers import (
     BertModel,
     Data2VecTextConfig,
     Data2VecTextModel,
-    Data2VecVisionConfig,
-    Data2VecVisionModel,
 )
 
 from mmd2v2.data.karpathy import load_karpathy_split
 from mmd2v2.data.tokenization import build_word_tokenizer
+from mmd2v2.models.data2vec2_vision import Data2Vec2VisionConfig, Data2Vec2VisionModel
 
 PAPER_CONFIGS = ["mmd2v2_coco", "mmd2v2_flickr30k", "mmd2v2_final", "mmd2v2_final_flickr30k"]
 
@@ -52,7 +51,7 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> dict[
     text = {**TINY_TEXT, "vocab_size": len(tokenizer), "num_hidden_layers": 6, "pad_token_id": tokenizer.pad_token_id}
     torch.manual_seed(0)
     models = {
-        "d2v2_image": Data2VecVisionModel(Data2VecVisionConfig(**{**TINY_VISION, "num_hidden_layers": 6}), add_pooling_layer=False),
+        "d2v2_image": Data2Vec2VisionModel(Data2Vec2VisionConfig(**{**TINY_VISION, "num_hidden_layers": 6})),
         "d2v2_text": Data2VecTextModel(Data2VecTextConfig(**text), add_pooling_layer=False),
         "bert": BertModel(BertConfig(**text), add_pooling_layer=False),
         "beitv2": BeitModel(BeitConfig(**{**TINY_VISION, "num_hidden_layers": 2, "use_mean_pooling": False}), add_pooling_layer=False),

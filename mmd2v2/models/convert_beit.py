@@ -9,13 +9,12 @@ mask token) and classification heads are dropped.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from mmd2v2.files import replace_folder
+from mmd2v2.models.hf_folder import write_hf_folder
 
 DROPPED_PREFIXES = ("lm_head.", "cls_pt_layers.", "head.", "fc_norm.")  # pretraining extras and heads
 DROPPED_NAMES = ("mask_token",)
@@ -109,25 +108,7 @@ def convert_beit_state(checkpoint: dict[str, Any], image_size: int = 224) -> tup
 
 
 def write_beit_folder(config_kwargs: dict[str, Any], state: dict[str, Tensor], out: Path) -> Path:
-    """Write config.json + model.safetensors under a temporary name, check that BeitModel loads every tensor from
-    it (nothing missing, unexpected or mis-shaped), then rename it to `out`."""
-    from safetensors.torch import save_file
+    """Write the converted BEiT as an HF folder, checked to load into BeitModel exactly (see write_hf_folder)."""
     from transformers import BeitConfig, BeitModel
 
-    tmp = out.with_name(f".{out.name}.converting")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        BeitConfig(**config_kwargs).save_pretrained(tmp)
-        save_file(state, str(tmp / "model.safetensors"))
-        _, info = BeitModel.from_pretrained(tmp, add_pooling_layer=False, output_loading_info=True)
-        problems = [(kind, key) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
-                    for key in sorted(map(str, info.get(kind) or [])) if "relative_position_index" not in key]
-        if problems:
-            kind, key = problems[0]
-            raise ValueError(f"checkpoint: converted BeitModel has {len(problems)} {kind.replace('_', ' ')} (first: {key})")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, out)
-    return out
+    return write_hf_folder(BeitConfig(**config_kwargs), BeitModel, state, out, {"add_pooling_layer": False})

@@ -33,6 +33,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from mmd2v2.config import ConfigError, EncoderConfig
+from mmd2v2.models.data2vec2_vision import Data2Vec2VisionConfig, Data2Vec2VisionModel
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ FAMILIES: dict[str, Family] = {
     "vit": Family(ViTConfig, ViTModel, "image"),
     "beit": Family(BeitConfig, BeitModel, "image"),
     "data2vec-vision": Family(Data2VecVisionConfig, Data2VecVisionModel, "image"),
+    "data2vec2-vision": Family(Data2Vec2VisionConfig, Data2Vec2VisionModel, "image"),  # fairseq d2v2, converted
     "dinov2": Family(Dinov2Config, Dinov2Model, "image"),
     "bert": Family(BertConfig, BertModel, "text"),
     "roberta": Family(RobertaConfig, RobertaModel, "text"),
@@ -109,6 +111,10 @@ def load_hf_config(cfg: EncoderConfig, modality: str, key: str) -> tuple[Family,
             raise ConfigError(f"{key}.family: '{cfg.family}' is not supported here (expected a Hugging Face family or auto)")
         if cfg.pretrained is None:
             return family, family.config_class(**cfg.config)
+        stored = PretrainedConfig.get_config_dict(cfg.pretrained)[0].get("model_type")
+        if stored != family.config_class.model_type:  # other layouts' weight names would silently not load
+            raise ConfigError(f"{key}.family: '{cfg.pretrained}' holds a '{stored}' model, family '{cfg.family}' "
+                              f"loads '{family.config_class.model_type}' (set family: auto to follow the checkpoint)")
         return family, family.config_class.from_pretrained(cfg.pretrained, **cfg.config)
     except OSError as error:
         raise ConfigError(f"{key}.pretrained: cannot load '{cfg.pretrained}': {str(error).splitlines()[0]}") from None
