@@ -1,9 +1,9 @@
 """Training losses: contrastive InfoNCE, memory banks, distillation, and the combined objective."""
 
 from mmd2v2.losses.contrastive import (ContrastiveLoss, LearnableLogitScale, keys_with_bank, masked_cross_entropy,
-                                       same_id_mask)
+                                       excluded_columns)
 from mmd2v2.losses.distillation import ContrastiveDistillation, regression_distillation
 from mmd2v2.losses.memory_bank import FeatureQueue
 
 __all__ = ["ContrastiveDistillation", "ContrastiveLoss", "FeatureQueue", "LearnableLogitScale", "keys_with_bank",
-           "masked_cross_entropy", "regression_distillation", "same_id_mask"]
+           "excluded_columns", "masked_cross_entropy", "regression_distillation"]

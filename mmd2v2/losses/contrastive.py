@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmd2v2.losses.distributed import INVALID, gather_ids, gather_rows
 from mmd2v2.losses.memory_bank import FeatureQueue
 
 
@@ -25,28 +26,31 @@ class LearnableLogitScale(nn.Module):
         return self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()[0]
 
 
-def same_id_mask(row_ids: Tensor, column_ids: Tensor, keep_diagonal: bool) -> Tensor:
-    """True where column j has the row's id (another view of the same image), except the diagonal if kept."""
-    mask = row_ids[:, None] == column_ids[None, :]
-    if keep_diagonal:
-        mask.fill_diagonal_(False)
+def excluded_columns(query_ids: Tensor, key_ids: Tensor, offset: int | None) -> Tensor:
+    """True where a key must not be a negative for the query: another view of the query's image, or a padding row.
+    `offset` places query i's own key at column offset + i (None: the keys hold no positives, e.g. a bank)."""
+    mask = (query_ids[:, None] == key_ids[None, :]) | (key_ids[None, :] == INVALID)
+    if offset is not None:
+        rows = torch.arange(len(query_ids), device=mask.device)
+        mask[rows, offset + rows] = False
     return mask
 
 
-def masked_cross_entropy(logits: Tensor, exclude: Tensor) -> Tensor:
-    """Mean CE with target column i for row i, ignoring the excluded columns in the softmax."""
+def masked_cross_entropy(logits: Tensor, exclude: Tensor, offset: int = 0) -> Tensor:
+    """Mean CE with target column offset + i for row i, ignoring the excluded columns in the softmax."""
     logits = logits.masked_fill(exclude, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+    return F.cross_entropy(logits, offset + torch.arange(len(logits), device=logits.device))
 
 
-def keys_with_bank(keys: Tensor, ids: Tensor, bank: FeatureQueue | None) -> tuple[Tensor, Tensor]:
-    """Candidate columns [batch keys; bank entries] and, per row, the columns that show the row's own image."""
-    exclude = same_id_mask(ids, ids, keep_diagonal=True)
+def keys_with_bank(keys: Tensor, key_ids: Tensor, query_ids: Tensor, offset: int,
+                   bank: FeatureQueue | None) -> tuple[Tensor, Tensor]:
+    """Candidate columns [global batch keys; bank entries] and, per query, the columns excluded from its softmax."""
+    exclude = excluded_columns(query_ids, key_ids, offset)
     if bank is None:
         return keys, exclude
     bank_keys, bank_ids = bank.contents()
     return (torch.cat([keys, bank_keys.to(keys.dtype)]),
-            torch.cat([exclude, same_id_mask(ids, bank_ids, keep_diagonal=False)], dim=1))
+            torch.cat([exclude, excluded_columns(query_ids, bank_ids, None)], dim=1))
 
 
 class ContrastiveLoss(LearnableLogitScale):
@@ -63,15 +67,22 @@ class ContrastiveLoss(LearnableLogitScale):
             self.image_bank = FeatureQueue(memory_bank_size, embed_dim)
             self.text_bank = FeatureQueue(memory_bank_size, embed_dim)
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor, image_ids: Tensor) -> dict[str, Tensor]:
-        """Loss terms for pairs (image_emb[i], text_emb[i]) of L2-normalised embeddings; banks are updated after."""
+    def forward(self, image_emb: Tensor, text_emb: Tensor, image_ids: Tensor, batch_size: int | None = None) -> dict[str, Tensor]:
+        """Loss terms for pairs (image_emb[i], text_emb[i]) of L2-normalised embeddings; banks are updated after.
+
+        With several data-parallel ranks this rank's rows are queries against every rank's rows (each rank padded
+        to `batch_size`, default: this batch's size); the banks receive the whole global batch.
+        """
+        size = batch_size or len(image_ids)
         scale = self.logit_scale()
-        texts, exclude_texts = keys_with_bank(text_emb, image_ids, self.text_bank)
-        images, exclude_images = keys_with_bank(image_emb, image_ids, self.image_bank)
-        i2t = masked_cross_entropy(scale * image_emb @ texts.T, exclude_texts)
-        t2i = masked_cross_entropy(scale * text_emb @ images.T, exclude_images)
-        for bank, emb in ((self.image_bank, image_emb), (self.text_bank, text_emb)):
+        all_images, all_texts = gather_rows(image_emb, size), gather_rows(text_emb, size)
+        all_ids, offset = gather_ids(image_ids, size)
+        texts, exclude_texts = keys_with_bank(all_texts, all_ids, image_ids, offset, self.text_bank)
+        images, exclude_images = keys_with_bank(all_images, all_ids, image_ids, offset, self.image_bank)
+        i2t = masked_cross_entropy(scale * image_emb @ texts.T, exclude_texts, offset)
+        t2i = masked_cross_entropy(scale * text_emb @ images.T, exclude_images, offset)
+        for bank, emb in ((self.image_bank, all_images), (self.text_bank, all_texts)):
             if bank is not None:
-                bank.enqueue(emb, image_ids)
+                bank.enqueue(emb, all_ids)
         return {"contrastive": (i2t + t2i) / 2, "contrastive_i2t": i2t, "contrastive_t2i": t2i,
                 "logit_scale": scale.detach()}

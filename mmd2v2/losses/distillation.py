@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmd2v2.losses.contrastive import LearnableLogitScale, keys_with_bank, masked_cross_entropy
+from mmd2v2.losses.distributed import gather_ids, gather_rows
 from mmd2v2.losses.memory_bank import FeatureQueue
 
 REGRESSION_KINDS = ("mse", "l1", "cosine")
@@ -34,13 +35,16 @@ class ContrastiveDistillation(LearnableLogitScale):
         super().__init__(init_temperature, max_logit_scale)
         self.bank = FeatureQueue(bank_size, teacher_dim)
 
-    def forward(self, student_image: Tensor, student_text: Tensor, teacher_cls: Tensor, image_ids: Tensor) -> dict[str, Tensor]:
-        """Loss terms; the batch's teacher vectors join the bank afterwards."""
+    def forward(self, student_image: Tensor, student_text: Tensor, teacher_cls: Tensor, image_ids: Tensor,
+                batch_size: int | None = None) -> dict[str, Tensor]:
+        """Loss terms; this rank's students against every rank's teacher vectors, which then join the bank."""
+        size = batch_size or len(image_ids)
         scale = self.logit_scale()
-        teacher = F.normalize(teacher_cls.detach().float(), dim=-1)
-        keys, exclude = keys_with_bank(teacher, image_ids, self.bank)
-        kd_image = masked_cross_entropy(scale * F.normalize(student_image.float(), dim=-1) @ keys.T, exclude)
-        kd_text = masked_cross_entropy(scale * F.normalize(student_text.float(), dim=-1) @ keys.T, exclude)
-        self.bank.enqueue(teacher, image_ids)
+        teacher = gather_rows(F.normalize(teacher_cls.detach().float(), dim=-1), size)
+        all_ids, offset = gather_ids(image_ids, size)
+        keys, exclude = keys_with_bank(teacher, all_ids, image_ids, offset, self.bank)
+        kd_image = masked_cross_entropy(scale * F.normalize(student_image.float(), dim=-1) @ keys.T, exclude, offset)
+        kd_text = masked_cross_entropy(scale * F.normalize(student_text.float(), dim=-1) @ keys.T, exclude, offset)
+        self.bank.enqueue(teacher, all_ids)
         return {"kd": 0.5 * kd_image + 0.5 * kd_text, "kd_image": kd_image, "kd_text": kd_text,
                 "kd_logit_scale": scale.detach()}

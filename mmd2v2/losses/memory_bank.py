@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,12 @@ class FeatureQueue(nn.Module):
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self.filled: int | None = 0  # host copy of `count`, so reading the bank never waits for the device
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        """Load like any module; the host copy of the count is re-read on next use."""
+        super()._load_from_state_dict(*args, **kwargs)
+        self.filled = None
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> FeatureQueue:
         """Apply `fn` like any module, but keep the features in float32 (e.g. under a bf16 engine)."""
@@ -43,8 +50,12 @@ class FeatureQueue(nn.Module):
         self.labels[positions] = labels[-self.size :].to(self.labels.device, torch.long)
         self.ptr.copy_((self.ptr + len(features)) % self.size)
         self.count.copy_(torch.clamp(self.count + len(features), max=self.size))
+        if self.filled is not None:
+            self.filled = min(self.filled + len(features), self.size)
 
     def contents(self) -> tuple[Tensor, Tensor]:
         """The filled entries (features (n, dim), labels (n,)), in slot order."""
-        n = int(self.count)
+        if self.filled is None:
+            self.filled = int(self.count)
+        n = self.filled
         return self.features[:n], self.labels[:n]

@@ -31,18 +31,20 @@ class MMD2V2Objective(nn.Module):
         if self.contrastive is None and not self.uses_teacher:
             raise ValueError("loss: both loss.contrastive_weight and loss.kd_weight are 0 (or no teacher): nothing to train")
 
-    def forward(self, image: ModalityOutput, text: ModalityOutput, teacher_cls: Tensor | None, image_ids: Tensor) -> dict[str, Tensor]:
-        """All loss terms of one batch, and their weighted total under "loss"."""
+    def forward(self, image: ModalityOutput, text: ModalityOutput, teacher_cls: Tensor | None, image_ids: Tensor,
+                batch_size: int | None = None) -> dict[str, Tensor]:
+        """All loss terms of one batch, and their weighted total under "loss" (`batch_size`: the configured
+        micro-batch, to which ranks pad their rows when they gather the global batch)."""
         terms: dict[str, Tensor] = {}
         total = image.embedding.new_zeros(())
         if self.contrastive is not None:
-            terms.update(self.contrastive(image.embedding, text.embedding, image_ids))
+            terms.update(self.contrastive(image.embedding, text.embedding, image_ids, batch_size))
             total = total + self.cfg.contrastive_weight * terms["contrastive"]
         if self.uses_teacher:
             if teacher_cls is None or image.distill is None or text.distill is None:
                 raise ValueError("distillation needs teacher targets and the student's distillation head")
             if self.contrastive_kd is not None:
-                terms.update(self.contrastive_kd(image.distill, text.distill, teacher_cls, image_ids))
+                terms.update(self.contrastive_kd(image.distill, text.distill, teacher_cls, image_ids, batch_size))
             else:
                 terms["kd_image"] = regression_distillation(image.distill, teacher_cls, self.cfg.kd_kind)
                 terms["kd_text"] = regression_distillation(text.distill, teacher_cls, self.cfg.kd_kind)

@@ -41,17 +41,18 @@ COUNTED = {"skipped": "num_skipped", "bad_captions": "num_bad_captions", "trunca
 class TrainingModule(nn.Module):
     """What DeepSpeed optimises: the student plus the loss's learnable state (temperatures, memory banks)."""
 
-    def __init__(self, student: MMD2V2, objective: MMD2V2Objective) -> None:
+    def __init__(self, student: MMD2V2, objective: MMD2V2Objective, micro_batch_size: int) -> None:
         super().__init__()
         self.student = student
         self.objective = objective
+        self.micro_batch_size = micro_batch_size
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, image_ids: Tensor,
                 teacher_cls: Tensor | None) -> dict[str, Tensor]:
-        """Loss terms of one batch."""
+        """Loss terms of one batch (contrastive terms against every rank's rows)."""
         image = self.student.image_forward(pixel_values)
         text = self.student.text_forward(input_ids, attention_mask)
-        return self.objective(image, text, teacher_cls, image_ids)
+        return self.objective(image, text, teacher_cls, image_ids, self.micro_batch_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -125,7 +126,11 @@ class MetricWindow:
         self.count += 1
 
     def means(self) -> dict[str, float]:
-        """Means since the last call, then reset."""
+        """Means since the last call over all ranks (the only point where the loop waits for the device), then reset."""
+        if self.sums and dist.is_initialized() and dist.get_world_size() > 1:
+            stacked = torch.stack(list(self.sums.values())) / dist.get_world_size()
+            dist.all_reduce(stacked)
+            self.sums = dict(zip(self.sums, stacked))
         means = {k: float(v) / max(1, self.count) for k, v in self.sums.items()}
         self.sums, self.count = {}, 0
         return means
@@ -158,7 +163,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
     if steps_per_epoch == 0:
         raise ValueError(f"the training data has {data.num_pairs} pairs, fewer than one global batch of {global_batch}")
     total_steps = config.trainer.max_steps or max(1, math.ceil(config.trainer.epochs * steps_per_epoch))
-    engine = create_engine(TrainingModule(student, objective), config, total_steps)
+    engine = create_engine(TrainingModule(student, objective, config.trainer.micro_batch_size), config, total_steps)
     device, dtype = engine.device, next(engine.module.parameters()).dtype
     if teacher is not None:
         teacher.to(device)
