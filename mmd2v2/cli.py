@@ -1,4 +1,4 @@
-"""`mmd2v2 <train|eval|index|search|serve|demo-data>`: the project's one console script."""
+"""`mmd2v2 <train|cache|eval|index|search|serve|demo-data>`: the project's one console script."""
 
 from __future__ import annotations
 
@@ -34,6 +34,29 @@ def run_train(args: argparse.Namespace) -> int:
     from mmd2v2.train.loop import train
 
     train(config, args.output_dir or Path(config.trainer.output_dir), resume=args.resume)
+    return 0
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mmd2v2 cache`: the training command's config, output folder and overrides."""
+    parser.add_argument("--config", type=Path, help="YAML config of the training run")
+    parser.add_argument("--output-dir", type=Path, help="run folder (cache.dir: auto puts the cache in it)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    """Compute the run's feature cache (teacher targets, frozen encoder outputs) so training reads it."""
+    config = load_config(args.config, args.overrides)
+    from mmd2v2.train.preflight import check_run_config
+
+    check_run_config(config)
+    from mmd2v2.train.loop import attach_cache, prepare_run
+
+    output_dir = args.output_dir or Path(config.trainer.output_dir)
+    note = attach_cache(prepare_run(config, output_dir), output_dir, force=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(note)
     return 0
 
 
@@ -248,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmd2v2", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(commands.add_parser("train", help="train a model (single process; use deepspeed train.py for many)"))
+    add_cache_arguments(commands.add_parser("cache", help="compute a run's feature cache (teacher targets, frozen "
+                                                          "encoder outputs); torchrun/deepspeed share the work"))
     add_eval_arguments(commands.add_parser("eval", help="retrieval recall@k of a checkpoint"))
     add_index_arguments(commands.add_parser("index", help="build, extend or describe a FAISS index of a collection"))
     add_search_arguments(commands.add_parser("search", help="search an index by text or image"))
@@ -256,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                                add_help=False)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    handlers = {"train": run_train, "eval": run_eval, "index": run_index, "search": run_search, "serve": run_serve,
+    handlers = {"train": run_train, "cache": run_cache, "eval": run_eval, "index": run_index, "search": run_search, "serve": run_serve,
                 "demo-data": run_demo_data}
     return guarded(handlers[args.command], args)
 

@@ -200,6 +200,16 @@ class TrainerConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Outputs of the frozen networks computed once (`mmd2v2 cache`) and read by training instead of recomputed."""
+
+    dir: str | None = "auto"  # a folder; "auto": <output_dir>/feature_cache where it pays off and is safe; None: off
+    encoders: bool = False  # also store the output sequences of fully frozen encoders (fp16, large: tokens × width)
+    rows_per_shard: int = 4096  # images (or pairs) per memory-mapped shard file
+    batch_size: int = 64  # images per forward while building
+
+
+@dataclass
 class EvalConfig:
     """Retrieval evaluation after training."""
 
@@ -221,6 +231,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 

@@ -18,11 +18,18 @@ from mmd2v2.data.preprocessing import ImagePreprocessor
 
 @dataclass
 class PairSample:
-    """One decoded training pair: None image = undecodable image, None caption = empty or undecodable caption."""
+    """One decoded training pair: None image = undecodable image, None caption = empty or undecodable caption.
+    `features`: rows of the feature cache (teacher CLS, frozen encoder outputs); with them the image may be absent."""
 
     pixel_values: Tensor | None
     caption: str | None
     image_id: int
+    features: dict[str, Tensor] | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether the pair can train: a caption, and an image or the cached rows that replace it."""
+        return self.caption is not None and (self.pixel_values is not None or self.features is not None)
 
 
 def decode_pair(preprocess: ImagePreprocessor, source: str | Path | BinaryIO, caption: str | None, image_id: int) -> PairSample:
@@ -60,20 +67,27 @@ class PairCollator:
         self.max_length = max_length
 
     def __call__(self, samples: list[PairSample]) -> dict[str, Tensor]:
-        good = [s for s in samples if s.pixel_values is not None]
+        good = [s for s in samples if s.usable]
         lengths = self.tokenizer([s.caption for s in good])["input_ids"] if good else []
         tokens = self.tokenizer(
             [s.caption for s in good], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ) if good else {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
-        return {
-            "pixel_values": torch.stack([s.pixel_values for s in good]) if good else torch.zeros(0),
+        with_pixels = bool(good) and all(s.pixel_values is not None for s in good)
+        batch = {
+            "pixel_values": torch.stack([s.pixel_values for s in good]) if with_pixels else torch.zeros(0),  # type: ignore[misc]
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "image_ids": torch.tensor([s.image_id for s in good], dtype=torch.long),
-            "num_skipped": torch.tensor(sum(s.caption is not None and s.pixel_values is None for s in samples)),
+            "num_skipped": torch.tensor(sum(s.caption is not None and not s.usable for s in samples)),
             "num_bad_captions": torch.tensor(sum(s.caption is None for s in samples)),
             "num_truncated": torch.tensor(sum(len(ids) > self.max_length for ids in lengths)),
         }
+        if good and good[0].features is not None:
+            for kind in good[0].features:
+                batch[kind] = torch.stack([s.features[kind] for s in good])  # type: ignore[index]
+            if "text_tokens" in batch:  # cached at max_length: keep the batch's padded length
+                batch["text_tokens"] = batch["text_tokens"][:, : tokens["input_ids"].shape[1]]
+        return batch
 
 
 class ResumableBatchSampler(Sampler[list[int]]):

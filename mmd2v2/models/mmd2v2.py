@@ -47,15 +47,18 @@ class MMD2V2(nn.Module):
         distill = self.distill_head(cls) if with_distill and self.distill_head is not None else None
         return ModalityOutput(embedding, distill)
 
-    def image_forward(self, pixel_values: Tensor, with_distill: bool = True) -> ModalityOutput:
-        """Embedding (and distillation output) for a batch of images (B, 3, H, W)."""
-        tokens = self.image_in(self.image_encoder(pixel_values))
-        return self._output(self._shared_cls(tokens, 0, None), with_distill)
+    def image_forward(self, pixel_values: Tensor, with_distill: bool = True, encoded: Tensor | None = None) -> ModalityOutput:
+        """Embedding (and distillation output) for a batch of images (B, 3, H, W), or for the image encoder's
+        output `encoded` (B, T, width) when it comes from the feature cache."""
+        hidden = self.image_encoder(pixel_values) if encoded is None else encoded
+        return self._output(self._shared_cls(self.image_in(hidden), 0, None), with_distill)
 
-    def text_forward(self, input_ids: Tensor, attention_mask: Tensor, with_distill: bool = True) -> ModalityOutput:
-        """Embedding (and distillation output) for a batch of token ids (B, L) with their attention mask."""
-        tokens = self.text_in(self.text_encoder(input_ids, attention_mask))
-        return self._output(self._shared_cls(tokens, 1, attention_mask == 0), with_distill)
+    def text_forward(self, input_ids: Tensor, attention_mask: Tensor, with_distill: bool = True,
+                     encoded: Tensor | None = None) -> ModalityOutput:
+        """Embedding (and distillation output) for a batch of token ids (B, L) with their attention mask, or for
+        the text encoder's cached output `encoded` (B, L, width)."""
+        hidden = self.text_encoder(input_ids, attention_mask) if encoded is None else encoded
+        return self._output(self._shared_cls(self.text_in(hidden), 1, attention_mask == 0), with_distill)
 
     @torch.no_grad()
     def encode_images(self, pixel_values: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -21,8 +22,8 @@ from transformers import PreTrainedTokenizerBase
 from mmd2v2.config import Config, SourceConfig, dump_config
 from mmd2v2.data.augmentation import random_resized_crop_flip
 from mmd2v2.data.demo_scenes import write_demo_dataset
-from mmd2v2.data.pairs import PairCollator
-from mmd2v2.data.sources import configured_sources, load_training_data, training_loader
+from mmd2v2.data.pairs import CaptionPairDataset, PairCollator
+from mmd2v2.data.sources import TrainingData, configured_sources, load_training_data, training_loader
 from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
 from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
 from mmd2v2.losses.objective import MMD2V2Objective
@@ -33,6 +34,7 @@ from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
 from mmd2v2.retrieval.recall import format_recall_table
 from mmd2v2.train.checkpoint import latest_complete_tag, load_checkpoint, save_checkpoint
 from mmd2v2.train.engine import create_engine, ensure_distributed_env
+from mmd2v2.train.feature_cache import CachedPairs, open_cache
 
 
 COUNTED = {"skipped": "num_skipped", "bad_captions": "num_bad_captions", "truncated": "num_truncated"}  # state key: batch key
@@ -48,10 +50,12 @@ class TrainingModule(nn.Module):
         self.micro_batch_size = micro_batch_size
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, image_ids: Tensor,
-                teacher_cls: Tensor | None) -> dict[str, Tensor]:
-        """Loss terms of one batch (contrastive terms against every rank's rows)."""
-        image = self.student.image_forward(pixel_values)
-        text = self.student.text_forward(input_ids, attention_mask)
+                teacher_cls: Tensor | None, image_tokens: Tensor | None = None,
+                text_tokens: Tensor | None = None) -> dict[str, Tensor]:
+        """Loss terms of one batch (contrastive terms against every rank's rows); `image_tokens`/`text_tokens`:
+        cached frozen-encoder outputs used instead of running the encoders."""
+        image = self.student.image_forward(pixel_values, encoded=image_tokens)
+        text = self.student.text_forward(input_ids, attention_mask, encoded=text_tokens)
         return self.objective(image, text, teacher_cls, image_ids, self.micro_batch_size)
 
 
@@ -140,29 +144,79 @@ def _to_device(batch: dict[str, Tensor], device: torch.device, dtype: torch.dtyp
     return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
 
 
-def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train, export and evaluate one run; returns the final metrics (rank 0) or {} (other ranks)."""
-    output_dir = Path(output_dir)
+@dataclasses.dataclass
+class RunParts:
+    """What a run is made of before the engine: resolved config, data, preprocessing, tokenizer, networks, length."""
+
+    config: Config
+    data: TrainingData
+    json_path: Path
+    image_root: Path | None
+    preprocess: ImagePreprocessor
+    tokenizer: PreTrainedTokenizerBase
+    teacher: ImageTeacher | None
+    student: MMD2V2
+    total_steps: int
+    global_batch: int
+
+    @property
+    def passes(self) -> float:
+        """Planned passes over the training data."""
+        return self.total_steps * self.global_batch / max(1, self.data.num_pairs)
+
+
+def prepare_run(config: Config, output_dir: Path) -> RunParts:
+    """Process group, data, tokenizer, teacher and student (with trainer.init_from weights) of a run."""
     config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, output_dir=str(output_dir)))
     ensure_distributed_env()
-    rank, world = dist.get_rank(), dist.get_world_size()
     seed_everything(config.trainer.seed)
     sources, json_path, image_root = prepare_data(config)
     preprocess = resolve_image_preprocessing(config)
     data = load_training_data(sources, preprocess, config.trainer.seed)
     tokenizer, config = prepare_tokenizer(config, data.captions)
-
     teacher = ImageTeacher(config.teacher) if config.teacher.enabled and config.loss.kd_weight > 0 else None
     student = MMD2V2(config.model, teacher_dim=teacher.dim if teacher else None)
-    if config.trainer.init_from and not resume:
+    if config.trainer.init_from:  # on resume too (a checkpoint then replaces them): the cache's fingerprints need them
         load_student_weights(student, config.trainer.init_from)
-    objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher.dim if teacher else None)
-    accumulation = config.deepspeed.gradient_accumulation_steps
-    global_batch = config.trainer.micro_batch_size * accumulation * world
+    global_batch = config.trainer.micro_batch_size * config.deepspeed.gradient_accumulation_steps * dist.get_world_size()
     steps_per_epoch = data.num_pairs // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"the training data has {data.num_pairs} pairs, fewer than one global batch of {global_batch}")
     total_steps = config.trainer.max_steps or max(1, math.ceil(config.trainer.epochs * steps_per_epoch))
+    return RunParts(config, data, json_path, image_root, preprocess, tokenizer, teacher, student, total_steps, global_batch)
+
+
+def local_device() -> torch.device:
+    """This process's accelerator (LOCAL_RANK's GPU), or the CPU."""
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def attach_cache(parts: RunParts, output_dir: Path, force: bool = False) -> str:
+    """Open (building if missing) the run's feature cache and make the training data read it; returns a status line.
+    With cached teacher targets the teacher is released: it never runs during training."""
+    cache, note = open_cache(parts.config, output_dir, parts.data, parts.preprocess, parts.tokenizer, parts.teacher,
+                             parts.student, parts.passes, local_device(), force)
+    if cache is not None:
+        source = parts.data.sources[0]
+        assert isinstance(source.data, CaptionPairDataset)
+        cached = CachedPairs(source.data, cache, need_pixels="image_tokens" not in cache.kinds)
+        parts.data.sources[0] = dataclasses.replace(source, data=cached)
+        if "teacher_cls" in cache.kinds:
+            parts.teacher = None
+    return note
+
+
+def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train, export and evaluate one run; returns the final metrics (rank 0) or {} (other ranks)."""
+    output_dir = Path(output_dir)
+    parts = prepare_run(config, output_dir)
+    config, data, student, total_steps, global_batch = parts.config, parts.data, parts.student, parts.total_steps, parts.global_batch
+    rank, world = dist.get_rank(), dist.get_world_size()
+    teacher_dim = parts.teacher.dim if parts.teacher else None
+    objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher_dim)
+    cache_note = attach_cache(parts, output_dir)
+    teacher, preprocess, tokenizer = parts.teacher, parts.preprocess, parts.tokenizer
+    accumulation = config.deepspeed.gradient_accumulation_steps
     engine = create_engine(TrainingModule(student, objective, config.trainer.micro_batch_size), config, total_steps)
     device, dtype = engine.device, next(engine.module.parameters()).dtype
     if teacher is not None:
@@ -181,6 +235,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
             print(f"resuming from {tag} (step {step})" if tag else "no complete checkpoint found: starting from step 0")
         print(f"training data: {data.num_pairs} pairs from {len(data.sources)} source(s); "
               f"rows or captions dropped while reading: {data.dropped.summary()}")
+        print(cache_note)
 
     loader = training_loader(data, PairCollator(tokenizer, config.data.max_text_length), config.trainer.micro_batch_size,
                              accumulation, rank, world, config.data.num_workers, config.trainer.seed, step, total_steps)
@@ -204,7 +259,9 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
             low, high = config.data.random_crop_scale or (1.0, 1.0)
             ratio = (3 / 4, 4 / 3) if config.data.random_crop_scale is not None else (1.0, 1.0)
             batch["pixel_values"] = random_resized_crop_flip(batch["pixel_values"], (low, high), ratio, config.data.hflip_prob)
-        teacher_cls = teacher(batch["pixel_values"]) if teacher is not None else None
+        teacher_cls = batch.pop("teacher_cls", None)  # from the feature cache, else computed now
+        if teacher_cls is None and teacher is not None:
+            teacher_cls = teacher(batch["pixel_values"])
         terms = engine(**batch, teacher_cls=teacher_cls)
         engine.backward(terms["loss"])
         engine.step()
@@ -244,8 +301,8 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
     data_counts = {"skipped_train_samples": counts["skipped"],
                    "skipped_train_rows": data.dropped.total() + counts["bad_captions"],
                    "truncated_train_captions": counts["truncated"]}
-    return finish_run(engine.module.student, config, tokenizer, preprocess, output_dir, step, data_counts, json_path,
-                      image_root, train_seconds)
+    return finish_run(engine.module.student, config, tokenizer, preprocess, output_dir, step, data_counts, parts.json_path,
+                      parts.image_root, train_seconds)
 
 
 def finish_run(student: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBase, preprocess: ImagePreprocessor,

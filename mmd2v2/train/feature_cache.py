@@ -1,0 +1,234 @@
+"""Build the feature cache of a run and serve its rows to training in place of the frozen networks' forwards.
+
+The teacher is always frozen, so its CLS targets are cached whenever distillation is on; a fully frozen encoder's
+output sequences are cached too when `cache.encoders` is set. Training augmentation changes the teacher's input
+every step, so a cache (of one view per image) is refused with it, as are streamed sources, which have no stable
+row numbers. `cache.dir: auto` turns the cache on only where it is safe and pays off (at least two passes over
+the data); an explicit folder turns it on or fails with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from mmd2v2.config import Config
+from mmd2v2.data.feature_cache import (
+    MANIFEST,
+    PER_IMAGE,
+    PER_PAIR,
+    CachePlan,
+    FeatureCache,
+    shard_name,
+    tensor_fingerprint,
+    text_fingerprint,
+    valid_name,
+    write_manifest,
+    write_shard,
+)
+from mmd2v2.data.karpathy import ImageRecord
+from mmd2v2.data.pairs import CaptionPairDataset, PairSample
+from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.data.sources import TrainingData
+from mmd2v2.models.mmd2v2 import MMD2V2
+from mmd2v2.models.teacher import ImageTeacher
+
+AUTO = "auto"
+
+
+class CacheRefused(ValueError):
+    """The configured cache cannot be used for this run (the message says why)."""
+
+
+def cache_folder(config: Config, output_dir: Path) -> Path | None:
+    """Where the cache lives: the configured folder, <output_dir>/feature_cache for 'auto', None when off."""
+    if config.cache.dir is None:
+        return None
+    return output_dir / "feature_cache" if config.cache.dir == AUTO else Path(config.cache.dir)
+
+
+def _encoder_tokens(student: MMD2V2, size: int) -> int:
+    """Length of the frozen image encoder's output sequence at the run's image size."""
+    with torch.inference_mode():
+        probe = torch.zeros(1, 3, size, size, dtype=next(student.image_encoder.parameters()).dtype)
+        return int(student.image_encoder(probe).shape[1])
+
+
+def plan_cache(config: Config, data: TrainingData, preprocess: ImagePreprocessor, tokenizer: PreTrainedTokenizerBase,
+               teacher: ImageTeacher | None, student: MMD2V2) -> CachePlan:
+    """What this run's cache must hold and the fingerprints it must match; CacheRefused when none is possible."""
+    if config.data.random_crop_scale is not None or config.data.hflip_prob > 0:
+        raise CacheRefused("training augmentation (data.random_crop_scale / data.hflip_prob) gives the teacher and the "
+                           "encoders a new view every step, which a cache cannot hold")
+    source = data.sources[0].data if len(data.sources) == 1 else None
+    if not isinstance(source, CaptionPairDataset):
+        raise CacheRefused("the feature cache needs one random-access source (karpathy or table), not "
+                           f"{len(data.sources)} sources or streamed shards")
+    kinds: dict[str, tuple[int, ...]] = {}
+    fingerprints: dict[str, object] = {
+        "data": text_fingerprint([f"{r.path}" for r in source.records] + [c for _, c in source.pairs]),
+        "preprocessing": preprocess.to_dict()}
+    if teacher is not None:
+        kinds["teacher_cls"] = (teacher.dim,)
+        fingerprints["teacher"] = {"target": teacher.target, "weights": tensor_fingerprint(teacher.model)}
+    if config.cache.encoders and student.image_encoder.fully_frozen:
+        kinds["image_tokens"] = (_encoder_tokens(student, preprocess.size), student.image_encoder.width)
+        fingerprints["image_encoder"] = tensor_fingerprint(student.image_encoder)
+    if config.cache.encoders and student.text_encoder.fully_frozen:
+        kinds["text_tokens"] = (config.data.max_text_length, student.text_encoder.width)
+        fingerprints["text_encoder"] = tensor_fingerprint(student.text_encoder)
+        vocabulary = [f"{token}\t{index}" for token, index in sorted(tokenizer.get_vocab().items())]
+        fingerprints["tokenizer"] = {"vocabulary": text_fingerprint(vocabulary), "max_length": config.data.max_text_length}
+    if not kinds:
+        raise CacheRefused("nothing to cache: no distillation teacher, and no fully frozen encoder with cache.encoders")
+    return CachePlan(kinds, len(source.records), len(source.pairs), config.cache.rows_per_shard, fingerprints)
+
+
+class _Images(Dataset[tuple[Tensor | None, int]]):
+    """Decoded images of some records (None when undecodable), with their row numbers."""
+
+    def __init__(self, records: list[ImageRecord], rows: range, preprocess: ImagePreprocessor) -> None:
+        self.records, self.rows, self.preprocess = records, rows, preprocess
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int]:
+        try:
+            return self.preprocess.load(self.records[self.rows[index]].path), index
+        except (OSError, ValueError, SyntaxError):
+            return None, index
+
+
+def _collate_images(items: list[tuple[Tensor | None, int]]) -> tuple[Tensor | None, list[int]]:
+    good = [(pixels, index) for pixels, index in items if pixels is not None]
+    return (torch.stack([p for p, _ in good]) if good else None), [i for _, i in good]
+
+
+def _build_image_shard(plan: CachePlan, folder: Path, shard: int, source: CaptionPairDataset, preprocess: ImagePreprocessor,
+                       teacher: ImageTeacher | None, student: MMD2V2, config: Config, device: torch.device) -> None:
+    kinds = [k for k in plan.kinds if k in PER_IMAGE]
+    rows = plan.shard_rows(kinds[0], shard)
+    arrays = {k: np.zeros((len(rows), *plan.kinds[k]), dtype=np.float16) for k in kinds}
+    valid = np.zeros(len(rows), dtype=bool)
+    loader = DataLoader(_Images(source.records, rows, preprocess), batch_size=config.cache.batch_size,
+                        num_workers=config.data.num_workers, collate_fn=_collate_images,
+                        generator=torch.Generator().manual_seed(shard))  # keeps the global RNG untouched
+    with torch.inference_mode():
+        for pixels, positions in loader:
+            if pixels is None:
+                continue
+            pixels = pixels.to(device)
+            valid[positions] = True
+            if "teacher_cls" in arrays and teacher is not None:
+                arrays["teacher_cls"][positions] = teacher(pixels).cpu().half().numpy()
+            if "image_tokens" in arrays:
+                arrays["image_tokens"][positions] = student.image_encoder(pixels).cpu().half().numpy()
+    for kind, array in arrays.items():
+        write_shard(folder, shard_name(kind, shard), array)
+    write_shard(folder, valid_name(shard), valid)  # written last: it marks the shard complete
+
+
+def _build_text_shard(plan: CachePlan, folder: Path, shard: int, source: CaptionPairDataset,
+                      tokenizer: PreTrainedTokenizerBase, student: MMD2V2, config: Config, device: torch.device) -> None:
+    rows = plan.shard_rows("text_tokens", shard)
+    array = np.zeros((len(rows), *plan.kinds["text_tokens"]), dtype=np.float16)
+    with torch.inference_mode():
+        for start in range(0, len(rows), config.cache.batch_size):
+            chunk = rows[start : start + config.cache.batch_size]
+            tokens = tokenizer([source.pairs[i][1] for i in chunk], padding="max_length", truncation=True,
+                               max_length=config.data.max_text_length, return_tensors="pt").to(device)
+            hidden = student.text_encoder(tokens["input_ids"], tokens["attention_mask"])
+            array[start : start + len(chunk)] = hidden.cpu().half().numpy()
+    write_shard(folder, shard_name("text_tokens", shard), array)
+
+
+def build_cache(plan: CachePlan, folder: Path, data: TrainingData, preprocess: ImagePreprocessor,
+                tokenizer: PreTrainedTokenizerBase, teacher: ImageTeacher | None, student: MMD2V2, config: Config,
+                device: torch.device, progress: bool) -> None:
+    """Compute the missing shards (rank r builds shards r, r + world, ...), then rank 0 writes the manifest."""
+    source = data.sources[0].data
+    assert isinstance(source, CaptionPairDataset)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    networks = [m for m in (teacher, student.image_encoder, student.text_encoder) if m is not None]
+    for module in networks:
+        module.to(device)
+    jobs = [("image", s) for s in range(plan.num_shards(next(k for k in plan.kinds if k in PER_IMAGE)))
+            if any(k in PER_IMAGE for k in plan.kinds)]
+    jobs += [("text", s) for s in range(plan.num_shards("text_tokens"))] if "text_tokens" in plan.kinds else []
+    mine = [(kind, shard) for i, (kind, shard) in enumerate(jobs) if i % world == rank]
+    for kind, shard in tqdm(mine, desc="feature cache", unit="shard", disable=rank != 0 or not progress):
+        if (folder / (valid_name(shard) if kind == "image" else shard_name("text_tokens", shard))).is_file():
+            continue  # finished by an earlier, interrupted build
+        if kind == "image":
+            _build_image_shard(plan, folder, shard, source, preprocess, teacher, student, config, device)
+        else:
+            _build_text_shard(plan, folder, shard, source, tokenizer, student, config, device)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        skipped = sum(int((~np.load(folder / valid_name(s))).sum()) for kind, s in jobs if kind == "image")
+        write_manifest(folder, plan, skipped)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def open_cache(config: Config, output_dir: Path, data: TrainingData, preprocess: ImagePreprocessor,
+               tokenizer: PreTrainedTokenizerBase, teacher: ImageTeacher | None, student: MMD2V2, passes: float,
+               device: torch.device, force: bool = False) -> tuple[FeatureCache | None, str]:
+    """The run's checked cache (built first when missing) and a line saying what it holds or why there is none.
+
+    `passes`: planned passes over the data; 'auto' skips the cache below two (building it costs one pass).
+    `force`: build even when 'auto' would not (the `mmd2v2 cache` command)."""
+    folder = cache_folder(config, output_dir)
+    if folder is None:
+        return None, "feature cache: off (cache.dir is null)"
+    auto = config.cache.dir == AUTO
+    try:
+        plan = plan_cache(config, data, preprocess, tokenizer, teacher, student)
+    except CacheRefused as reason:
+        if auto and not force:
+            return None, f"feature cache: off ({reason})"
+        raise CacheRefused(f"cache.dir: {reason}; set cache.dir=null to train without a cache") from None
+    if auto and not force and passes < 2 and not (folder / MANIFEST).is_file():
+        return None, f"feature cache: off ({passes:.1f} passes over the data; building it costs one)"
+    built = ""
+    if not (folder / MANIFEST).is_file():
+        start = time.perf_counter()
+        build_cache(plan, folder, data, preprocess, tokenizer, teacher, student, config, device, config.trainer.progress_bar)
+        built = f", built in {time.perf_counter() - start:.0f} s"
+    cache = FeatureCache(folder)
+    cache.check(plan)
+    return cache, f"feature cache: {', '.join(cache.kinds)} from '{folder}'{built}"
+
+
+class CachedPairs(Dataset[PairSample]):
+    """A CaptionPairDataset whose samples carry their cached rows; images are decoded only when still needed."""
+
+    def __init__(self, source: CaptionPairDataset, cache: FeatureCache, need_pixels: bool) -> None:
+        self.source, self.cache, self.need_pixels = source, cache, need_pixels
+        self.image_rows = [row for row, record in enumerate(source.records) for _ in record.captions]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> PairSample:
+        record, caption = self.source.pairs[index]
+        row = self.image_rows[index]
+        if caption is None or not self.cache.image_valid(row):
+            return PairSample(None, caption, record.image_id)  # counted like an undecodable image
+        features = {kind: self.cache.row(kind, index if kind in PER_PAIR else row) for kind in self.cache.kinds}
+        if not self.need_pixels:
+            return PairSample(None, caption, record.image_id, features)
+        sample = self.source[index]
+        return dataclasses.replace(sample, features=features) if sample.pixel_values is not None else sample
