@@ -170,6 +170,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     min_lr_ratio: float = 0.0
+    fused: bool | None = None  # torch's fused AdamW kernel; None: on GPUs
 
 
 @dataclass
@@ -177,7 +178,7 @@ class DeepSpeedConfig:
     """The DeepSpeed engine: ZeRO stage, precision, accumulation, and raw extra keys."""
 
     zero_stage: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
     gradient_accumulation_steps: int = 1
     gradient_clipping: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)  # merged last into the DeepSpeed JSON
@@ -197,6 +198,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     progress_bar: bool = True
     init_from: str | None = None  # exported model (folder) whose weights start the student: finetuning
+    compile: bool = False  # torch.compile the encoders and the shared transformer
+    activation_checkpointing: bool = False  # recompute trainable blocks' activations in backward: less memory, ~30% more compute
 
 
 @dataclass

@@ -68,3 +68,18 @@ def test_bench_recall_agrees_with_the_dense_baseline(capsys: pytest.CaptureFixtu
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("200 images x 1000 captions") and len(lines) == 4
     assert lines[2].split()[-2:] == lines[3].split()[-2:]  # same R@5 both ways
+
+
+def test_bench_train_prints_and_appends_the_cached_against_uncached_table(tmp_path: Path) -> None:
+    import subprocess
+
+    report = tmp_path / "benchmarks.md"
+    result = subprocess.run([sys.executable, "scripts/bench_train.py", "--only", "demo", "--demo-batch", "8", "--steps", "1",
+                             "--warmup", "0", "--append", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| demo")]
+    assert [r[1].strip() for r in rows] == ["uncached", "teacher cached"]
+    for row in rows:
+        assert float(row[2]) == 8 and float(row[4]) > 0 and float(row[5]) > 0 and row[8].strip().endswith("x")
+    assert rows[0][8].strip() == "1.00x"
+    assert "Training throughput" in report.read_text() and "| demo | teacher cached |" in report.read_text()

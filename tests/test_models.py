@@ -181,3 +181,21 @@ def test_checkpoint_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model.image.pretrained: tensor '.*fc1.*' has shape \(64,.*the config makes \(96,") as error:
         UnimodalEncoder(config, "image", "model.image")
     assert "\n" not in str(error.value)
+
+
+def test_activation_checkpointing_recomputes_the_same_gradients() -> None:
+    cfg = ModelConfig(image=EncoderConfig(family="vit", config=TINY_VISION), text=EncoderConfig(family="bert", config=TINY_TEXT),
+                      shared=SharedConfig(depth=2, width=48, heads=4, layer_scale_init=0.2), embed_dim=16)
+    torch.manual_seed(0)
+    plain = MMD2V2(cfg, teacher_dim=24).train()
+    recomputed = MMD2V2(cfg, teacher_dim=24).train()
+    recomputed.load_state_dict(plain.state_dict())
+    assert recomputed.enable_activation_checkpointing() == ["shared", "image_encoder", "text_encoder"]
+    inputs = _inputs("image")["pixel_values"], *_inputs("text").values()
+    grads = []
+    for model in (plain, recomputed):
+        image, text = model.image_forward(inputs[0]), model.text_forward(inputs[1], inputs[2])
+        (image.embedding @ text.embedding.T).sum().add(image.distill.square().mean()).backward()  # type: ignore[union-attr]
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert recomputed.image_encoder.model.is_gradient_checkpointing and recomputed.shared.checkpointing
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)

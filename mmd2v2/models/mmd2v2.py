@@ -60,6 +60,23 @@ class MMD2V2(nn.Module):
         hidden = self.text_encoder(input_ids, attention_mask) if encoded is None else encoded
         return self._output(self._shared_cls(self.text_in(hidden), 1, attention_mask == 0), with_distill)
 
+    def enable_activation_checkpointing(self) -> list[str]:
+        """Recompute activations in backward for the shared blocks and the trainable HF encoders that support it;
+        returns the names of the parts that will."""
+        self.shared.checkpointing = True
+        parts = ["shared"]
+        for name, encoder in (("image_encoder", self.image_encoder), ("text_encoder", self.text_encoder)):
+            model = encoder.model
+            if not encoder.fully_frozen and getattr(model, "supports_gradient_checkpointing", False):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                parts.append(name)
+        return parts
+
+    def compile_parts(self) -> None:
+        """torch.compile the encoders and the shared transformer in place (the losses stay eager)."""
+        for module in (self.image_encoder.model, self.text_encoder.model, self.shared):
+            module.compile(dynamic=None)
+
     @torch.no_grad()
     def encode_images(self, pixel_values: Tensor) -> Tensor:
         """L2-normalised image embeddings (B, embed_dim)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mmd2v2.config import SharedConfig
 
@@ -58,9 +59,11 @@ class SharedTransformer(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(SharedBlock(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
+        self.checkpointing = False  # recompute each block's activations during backward (set by the trainer)
 
     def forward(self, x: Tensor, key_padding: Tensor | None = None) -> Tensor:
         """Run all blocks and return the normalised token sequence."""
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, key_padding)
+            x = checkpoint(block, x, key_padding, use_reentrant=False) if recompute else block(x, key_padding)
         return self.norm(x)

@@ -18,6 +18,7 @@ class ImageTeacher(nn.Module):
         encoder_cfg = EncoderConfig(family=cfg.family, pretrained=cfg.pretrained, config=cfg.config)
         self.model = load_hf_model(encoder_cfg, "image", "teacher")
         self.target = cfg.target
+        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 for bf16 runs on GPUs
         self.model.requires_grad_(False)
         self.model.eval()
 
@@ -30,14 +31,15 @@ class ImageTeacher(nn.Module):
         """The teacher ignores train mode (its drop-path and dropout must stay off)."""
         return super().train(False)
 
-    @torch.no_grad()
     def forward(self, pixel_values: Tensor) -> Tensor:
-        """Teacher CLS (B, dim) before or after the final LayerNorm, per `target`."""
-        pixel_values = pixel_values.to(self.model.dtype)  # the engine may feed bf16; the teacher keeps its own dtype
-        size = self.model.config.image_size
-        if pixel_values.shape[-1] != size or pixel_values.shape[-2] != size:
-            pixel_values = F.interpolate(pixel_values, size=(size, size), mode="bicubic", align_corners=False)
-        output = self.model(pixel_values=pixel_values, output_hidden_states=self.target == "pre_norm")
-        if self.target == "pre_norm":
-            return output.hidden_states[-1][:, 0].float()
-        return output.last_hidden_state[:, 0].float()
+        """Teacher CLS (B, dim) before or after the final LayerNorm, per `target`. Runs under inference mode (no
+        autograd bookkeeping) and, when `autocast_dtype` is set on a GPU, in that precision; returns float32."""
+        with torch.inference_mode(), torch.autocast(pixel_values.device.type, dtype=self.autocast_dtype or torch.float32,
+                                                    enabled=self.autocast_dtype is not None and pixel_values.is_cuda):
+            pixel_values = pixel_values.to(self.model.dtype)  # the engine may feed bf16; the teacher keeps its own dtype
+            size = self.model.config.image_size
+            if pixel_values.shape[-1] != size or pixel_values.shape[-2] != size:
+                pixel_values = F.interpolate(pixel_values, size=(size, size), mode="bicubic", align_corners=False)
+            output = self.model(pixel_values=pixel_values, output_hidden_states=self.target == "pre_norm")
+            cls = output.hidden_states[-1][:, 0] if self.target == "pre_norm" else output.last_hidden_state[:, 0]
+        return cls.float().clone()  # cloned outside inference mode: an ordinary tensor the loss may save

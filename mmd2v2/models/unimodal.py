@@ -236,11 +236,18 @@ class UnimodalEncoder(nn.Module):
         return self
 
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Encode pixel values (B, 3, H, W) or token ids (B, L) into (B, T, width) hidden states."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fully_frozen):
-            if self.modality == "text":
-                return self.model(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
-            if not isinstance(self.model, PreTrainedModel):
-                return self.model.forward_features(inputs)  # timm: tokens after the last kept block
-            kwargs = {"interpolate_pos_encoding": inputs.shape[-1] != self.model.config.image_size} if self.interpolates else {}
-            return self.model(pixel_values=inputs, **kwargs).last_hidden_state
+        """Encode pixel values (B, 3, H, W) or token ids (B, L) into (B, T, width) hidden states. A fully frozen
+        encoder runs under inference mode (no autograd bookkeeping); its output is then copied into an ordinary tensor."""
+        if not self.fully_frozen:
+            return self._encode(inputs, attention_mask)
+        with torch.inference_mode():
+            hidden = self._encode(inputs, attention_mask)
+        return hidden.clone()
+
+    def _encode(self, inputs: Tensor, attention_mask: Tensor | None) -> Tensor:
+        if self.modality == "text":
+            return self.model(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
+        if not isinstance(self.model, PreTrainedModel):
+            return self.model.forward_features(inputs)  # timm: tokens after the last kept block
+        kwargs = {"interpolate_pos_encoding": inputs.shape[-1] != self.model.config.image_size} if self.interpolates else {}
+        return self.model(pixel_values=inputs, **kwargs).last_hidden_state

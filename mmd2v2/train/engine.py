@@ -36,20 +36,30 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def resolved_precision(precision: str) -> str:
+    """'auto' → bf16 where a GPU supports it, else fp32; explicit values stay."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def deepspeed_config(config: Config, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON for this run (batch sizes, AdamW, ZeRO stage, precision, clipping)."""
     ds, optim = config.deepspeed, config.optim
     micro = config.trainer.micro_batch_size
+    precision = resolved_precision(ds.precision)
+    fused = torch.cuda.is_available() if optim.fused is None else optim.fused
     base = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": ds.gradient_accumulation_steps,
         "train_batch_size": micro * ds.gradient_accumulation_steps * world_size,
         "gradient_clipping": ds.gradient_clipping,
         "optimizer": {"type": "AdamW", "params": {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,
-                                                  "weight_decay": optim.weight_decay, "torch_adam": True}},
+                                                  "weight_decay": optim.weight_decay, "torch_adam": True,
+                                                  **({"fused": True} if fused else {})}},
         "zero_optimization": {"stage": ds.zero_stage},
-        "bf16": {"enabled": ds.precision == "bf16"},
-        "fp16": {"enabled": ds.precision == "fp16"},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

@@ -33,7 +33,7 @@ from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
 from mmd2v2.retrieval.recall import format_recall_table
 from mmd2v2.train.checkpoint import latest_complete_tag, load_checkpoint, save_checkpoint
-from mmd2v2.train.engine import create_engine, ensure_distributed_env
+from mmd2v2.train.engine import create_engine, ensure_distributed_env, resolved_precision
 from mmd2v2.train.feature_cache import CachedPairs, open_cache
 
 
@@ -217,10 +217,15 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
     cache_note = attach_cache(parts, output_dir)
     teacher, preprocess, tokenizer = parts.teacher, parts.preprocess, parts.tokenizer
     accumulation = config.deepspeed.gradient_accumulation_steps
+    if config.trainer.activation_checkpointing:
+        student.enable_activation_checkpointing()
+    if config.trainer.compile:
+        student.compile_parts()
     engine = create_engine(TrainingModule(student, objective, config.trainer.micro_batch_size), config, total_steps)
     device, dtype = engine.device, next(engine.module.parameters()).dtype
     if teacher is not None:
         teacher.to(device)
+        teacher.autocast_dtype = torch.bfloat16 if resolved_precision(config.deepspeed.precision) == "bf16" else None
 
     step, counts = 0, dict.fromkeys(COUNTED, 0)
     tag = latest_complete_tag(output_dir) if resume else None
