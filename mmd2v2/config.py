@@ -208,6 +208,7 @@ class CacheConfig:
 
     dir: str | None = "auto"  # a folder; "auto": <output_dir>/feature_cache where it pays off and is safe; None: off
     encoders: bool = False  # also store the output sequences of fully frozen encoders (fp16, large: tokens × width)
+    views: int = 0  # with training augmentation: augmented views stored per image (epoch e reads view e % views)
     rows_per_shard: int = 4096  # images (or pairs) per memory-mapped shard file
     batch_size: int = 64  # images per forward while building
 

@@ -19,7 +19,8 @@ from conftest import tiny_overrides
 from mmd2v2.config import load_config
 from mmd2v2.data.pairs import PairCollator
 from mmd2v2.losses.objective import MMD2V2Objective
-from mmd2v2.train.feature_cache import CacheRefused, open_cache
+from mmd2v2.data.augmentation import apply_crop_flip
+from mmd2v2.train.feature_cache import CacheRefused, open_cache, stored_view
 from mmd2v2.train.loop import RunParts, TrainingModule, attach_cache, prepare_run
 
 ROOT = Path(__file__).parent.parent
@@ -93,7 +94,7 @@ def test_other_checkpoints_preprocessing_or_augmentation_are_refused(tmp_path: P
             open_cache(other.config, run, other.data, other.preprocess, other.tokenizer, other.teacher, other.student,
                        other.passes, torch.device("cpu"))
     augmented = _parts(run, demo_dir, **{"data.hflip_prob": 0.5})
-    with pytest.raises(CacheRefused, match="cache.dir: training augmentation .* set cache.dir=null"):
+    with pytest.raises(CacheRefused, match="cache.dir: training augmentation .* set cache.views to the augmented views"):
         attach_cache(augmented, run)
     auto = _parts(tmp_path / "auto", demo_dir, **{"data.hflip_prob": 0.5, "cache.dir": "auto"})
     assert attach_cache(auto, tmp_path / "auto").startswith("feature cache: off (training augmentation")
@@ -124,3 +125,35 @@ def test_cache_command_then_training_reads_it_and_an_interrupted_build_resumes(t
     assert "built in" not in trained.stdout
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in log)
+    augmented = tmp_path / "augmented"  # trainable encoders, augmentation: 2 stored views of the teacher's input
+    overrides = tiny_overrides(augmented, demo_dir, **{"cache.dir": str(augmented / "views"), "cache.views": 2,
+                                                       "data.random_crop_scale": [0.6, 1.0], "data.hflip_prob": 0.5})
+    trained = subprocess.run([sys.executable, "train.py", "--config", "configs/demo.yaml", "--output-dir", str(augmented),
+                              *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "feature cache: teacher_cls from" in trained.stdout and "built in" in trained.stdout
+    assert json.loads((augmented / "views" / "manifest.json").read_text())["views"] == 2
+
+
+def test_augmented_training_reads_the_stored_view_of_its_epoch(tmp_path: Path, demo_dir: Path) -> None:
+    run = tmp_path / "run"
+    parts = _parts(run, demo_dir, **{"data.random_crop_scale": [0.5, 1.0], "data.hflip_prob": 0.5, "cache.views": 2,
+                                     "model.image.freeze": False, "cache.encoders": False})
+    source, teacher = parts.data.sources[0].data, parts.teacher
+    assert teacher is not None
+    assert attach_cache(parts, run, force=True).startswith("feature cache: teacher_cls from")
+    cached = parts.data.sources[0].data
+    assert cached.wants_epoch and cached.cache.views == 2
+    collate = PairCollator(parts.tokenizer, parts.config.data.max_text_length)
+    for epoch in (0, 1, 2):  # views 0, 1, 0
+        indices = [0, 7, 33]
+        batch = collate([cached[epoch * len(cached) + i] for i in indices])
+        plain = collate([source[i] for i in indices])
+        rows = [cached.image_rows[i] for i in indices]
+        expected = torch.stack([stored_view(parts.config, row, epoch % 2) for row in rows])
+        assert torch.equal(batch["crop_theta"], expected)
+        with torch.no_grad():
+            target = teacher(apply_crop_flip(plain["pixel_values"], expected))
+        torch.testing.assert_close(batch["teacher_cls"].float(), target, rtol=2e-3, atol=2e-3)
+    first, second = (collate([cached[e * len(cached)]])["teacher_cls"] for e in (0, 1))
+    assert not torch.equal(first, second)  # two different crops of the image

@@ -1,8 +1,8 @@
 """The feature cache on disk: fp16 memory-mapped shards of frozen-network outputs and a manifest tying them to
 the checkpoints, preprocessing and dataset they were computed from.
 
-Kinds: `teacher_cls` (one row per image: the teacher's CLS target), `image_tokens` (per image: a frozen image
-encoder's output sequence), `text_tokens` (per pair: a frozen text encoder's output sequence, padded to
+Kinds: `teacher_cls` (per image and stored view: the teacher's CLS target), `image_tokens` (per image and view:
+a frozen image encoder's output sequence), `text_tokens` (per pair: a frozen text encoder's output sequence, padded to
 data.max_text_length). Rows are split into shards of `rows_per_shard`; each shard file is written under a
 temporary name and renamed when complete, so an interrupted build resumes and never leaves a half-written
 shard. `manifest.json` is written last: a folder without it is not a cache.
@@ -64,6 +64,7 @@ class CachePlan:
     num_pairs: int
     rows_per_shard: int
     fingerprints: dict[str, Any]
+    views: int = 1  # per-image kinds store this many (augmented) views of each image
 
     def num_rows(self, kind: str) -> int:
         """Rows of a kind: one per image or one per pair."""
@@ -90,7 +91,7 @@ def write_shard(folder: Path, name: str, array: np.ndarray) -> None:
 def write_manifest(folder: Path, plan: CachePlan, skipped_images: int) -> None:
     """Publish the cache: the manifest is written last, atomically."""
     manifest = {"format": FORMAT, "num_images": plan.num_images, "num_pairs": plan.num_pairs,
-                "rows_per_shard": plan.rows_per_shard, "kinds": {k: list(v) for k, v in plan.kinds.items()},
+                "rows_per_shard": plan.rows_per_shard, "views": plan.views, "kinds": {k: list(v) for k, v in plan.kinds.items()},
                 "skipped_images": skipped_images, "fingerprints": plan.fingerprints}
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
@@ -121,6 +122,7 @@ class FeatureCache:
             raise ValueError(f"cache.dir: '{self.folder}' has cache format {self.manifest.get('format')}, expected {FORMAT}")
         self.kinds = {k: tuple(v) for k, v in self.manifest["kinds"].items()}
         self.rows_per_shard = int(self.manifest["rows_per_shard"])
+        self.views = int(self.manifest["views"])
         self._maps: dict[tuple[str, int], np.ndarray] = {}  # opened lazily, so DataLoader workers open their own
 
     def check(self, plan: CachePlan) -> None:
@@ -130,6 +132,8 @@ class FeatureCache:
             where = f"kinds ({sorted(self.kinds)} with row shapes {list(self.kinds.values())})"
         if where is None and (self.manifest["num_images"], self.manifest["num_pairs"]) != (plan.num_images, plan.num_pairs):
             where = "dataset size"
+        if where is None and self.views != plan.views:
+            where = f"number of views ({self.views})"
         if where is not None:
             raise ValueError(f"cache.dir: '{self.folder}' was computed for a different {where}; rebuild it "
                              "(mmd2v2 cache --config ...) or point cache.dir at another folder")
@@ -141,10 +145,11 @@ class FeatureCache:
             self._maps[key] = np.load(path, mmap_mode="r")
         return self._maps[key]
 
-    def row(self, kind: str, index: int) -> Tensor:
-        """One stored row (fp16) of a kind."""
+    def row(self, kind: str, index: int, view: int = 0) -> Tensor:
+        """One stored row (fp16) of a kind; per-image kinds hold one row per view."""
         shard, offset = divmod(index, self.rows_per_shard)
-        return torch.from_numpy(np.array(self._map(kind, shard)[offset]))
+        stored = self._map(kind, shard)[offset]
+        return torch.from_numpy(np.array(stored[view] if kind in PER_IMAGE else stored))
 
     def image_valid(self, image_row: int) -> bool:
         """Whether the image decoded when the cache was built (always true for a cache of text rows only)."""

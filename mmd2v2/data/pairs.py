@@ -99,8 +99,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, num_samples: int, micro_batch: int, accumulation: int, world_size: int, rank: int,
-                 seed: int, start_step: int, total_steps: int) -> None:
+                 seed: int, start_step: int, total_steps: int, with_epoch: bool = False) -> None:
         self.num_samples = num_samples
+        self.with_epoch = with_epoch  # yield epoch × num_samples + index (datasets that vary by epoch decode it)
         self.micro_batch = micro_batch
         self.accumulation = accumulation
         self.world_size = world_size
@@ -126,4 +127,5 @@ class ResumableBatchSampler(Sampler[list[int]]):
             base = (step % self.steps_per_epoch) * self.global_batch
             for micro in range(self.accumulation):
                 start = base + (micro * self.world_size + self.rank) * self.micro_batch
-                yield permutation[start : start + self.micro_batch].tolist()
+                offset = epoch * self.num_samples if self.with_epoch else 0
+                yield [offset + i for i in permutation[start : start + self.micro_batch].tolist()]

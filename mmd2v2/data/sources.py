@@ -95,7 +95,7 @@ def training_loader(data: TrainingData, collate: PairCollator, micro_batch: int,
     """This rank's micro-batches for optimizer steps `start_step` onwards, the same as an uninterrupted run's."""
     if not data.streaming:
         sampler = ResumableBatchSampler(data.num_pairs, micro_batch, accumulation, world, rank, seed, start_step,
-                                        total_steps)
+                                        total_steps, with_epoch=getattr(data.sources[0].data, "wants_epoch", False))
         return DataLoader(data.sources[0].data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                           generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
     stream = MixedPairStream(data.sources, micro_batch, rank, world, num_workers, seed, start_step * accumulation,

@@ -1,9 +1,10 @@
 """Build the feature cache of a run and serve its rows to training in place of the frozen networks' forwards.
 
 The teacher is always frozen, so its CLS targets are cached whenever distillation is on; a fully frozen encoder's
-output sequences are cached too when `cache.encoders` is set. Training augmentation changes the teacher's input
-every step, so a cache (of one view per image) is refused with it, as are streamed sources, which have no stable
-row numbers. `cache.dir: auto` turns the cache on only where it is safe and pays off (at least two passes over
+output sequences are cached too when `cache.encoders` is set. With training augmentation the cache stores
+`cache.views` augmented views per image (each a fixed crop-and-flip of the image, training's epoch e uses view
+e % views and crops the student's pixels the same way); without `cache.views` it is refused, as are streamed
+sources, which have no stable row numbers. `cache.dir: auto` turns the cache on only where it is safe and pays off (at least two passes over
 the data); an explicit folder turns it on or fails with the reason.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.config import Config
+from mmd2v2.data.augmentation import apply_crop_flip, view_crop_flip
 from mmd2v2.data.feature_cache import (
     MANIFEST,
     PER_IMAGE,
@@ -66,9 +69,10 @@ def _encoder_tokens(student: MMD2V2, size: int) -> int:
 def plan_cache(config: Config, data: TrainingData, preprocess: ImagePreprocessor, tokenizer: PreTrainedTokenizerBase,
                teacher: ImageTeacher | None, student: MMD2V2) -> CachePlan:
     """What this run's cache must hold and the fingerprints it must match; CacheRefused when none is possible."""
-    if config.data.random_crop_scale is not None or config.data.hflip_prob > 0:
+    augmentation = augmentation_of(config)
+    if augmentation is not None and config.cache.views < 1:
         raise CacheRefused("training augmentation (data.random_crop_scale / data.hflip_prob) gives the teacher and the "
-                           "encoders a new view every step, which a cache cannot hold")
+                           "encoders a new view every step: set cache.views to the augmented views to store per image")
     source = data.sources[0].data if len(data.sources) == 1 else None
     if not isinstance(source, CaptionPairDataset):
         raise CacheRefused("the feature cache needs one random-access source (karpathy or table), not "
@@ -77,6 +81,8 @@ def plan_cache(config: Config, data: TrainingData, preprocess: ImagePreprocessor
     fingerprints: dict[str, object] = {
         "data": text_fingerprint([f"{r.path}" for r in source.records] + [c for _, c in source.pairs]),
         "preprocessing": preprocess.to_dict()}
+    if augmentation is not None:
+        fingerprints["augmentation"] = {**augmentation, "seed": config.trainer.seed}
     if teacher is not None:
         kinds["teacher_cls"] = (teacher.dim,)
         fingerprints["teacher"] = {"target": teacher.target, "weights": tensor_fingerprint(teacher.model)}
@@ -90,7 +96,25 @@ def plan_cache(config: Config, data: TrainingData, preprocess: ImagePreprocessor
         fingerprints["tokenizer"] = {"vocabulary": text_fingerprint(vocabulary), "max_length": config.data.max_text_length}
     if not kinds:
         raise CacheRefused("nothing to cache: no distillation teacher, and no fully frozen encoder with cache.encoders")
-    return CachePlan(kinds, len(source.records), len(source.pairs), config.cache.rows_per_shard, fingerprints)
+    return CachePlan(kinds, len(source.records), len(source.pairs), config.cache.rows_per_shard, fingerprints,
+                     config.cache.views if augmentation is not None else 1)
+
+
+def augmentation_of(config: Config) -> dict[str, Any] | None:
+    """The run's crop-and-flip settings (as view_crop_flip takes them), None without augmentation."""
+    if config.data.random_crop_scale is None and config.data.hflip_prob == 0:
+        return None
+    crop = config.data.random_crop_scale
+    return {"scale": list(crop or (1.0, 1.0)), "ratio": [3 / 4, 4 / 3] if crop is not None else [1.0, 1.0],
+            "flip_prob": config.data.hflip_prob}
+
+
+def stored_view(config: Config, image_row: int, view: int) -> Tensor:
+    """The crop-and-flip matrix of one stored view (the same at cache-building and at training time)."""
+    augmentation = augmentation_of(config)
+    assert augmentation is not None
+    return view_crop_flip(config.trainer.seed, image_row, view, tuple(augmentation["scale"]), tuple(augmentation["ratio"]),
+                          augmentation["flip_prob"])
 
 
 class _Images(Dataset[tuple[Tensor | None, int]]):
@@ -118,7 +142,8 @@ def _build_image_shard(plan: CachePlan, folder: Path, shard: int, source: Captio
                        teacher: ImageTeacher | None, student: MMD2V2, config: Config, device: torch.device) -> None:
     kinds = [k for k in plan.kinds if k in PER_IMAGE]
     rows = plan.shard_rows(kinds[0], shard)
-    arrays = {k: np.zeros((len(rows), *plan.kinds[k]), dtype=np.float16) for k in kinds}
+    arrays = {k: np.zeros((len(rows), plan.views, *plan.kinds[k]), dtype=np.float16) for k in kinds}
+    augmented = augmentation_of(config) is not None
     valid = np.zeros(len(rows), dtype=bool)
     loader = DataLoader(_Images(source.records, rows, preprocess), batch_size=config.cache.batch_size,
                         num_workers=config.data.num_workers, collate_fn=_collate_images,
@@ -129,10 +154,14 @@ def _build_image_shard(plan: CachePlan, folder: Path, shard: int, source: Captio
                 continue
             pixels = pixels.to(device)
             valid[positions] = True
-            if "teacher_cls" in arrays and teacher is not None:
-                arrays["teacher_cls"][positions] = teacher(pixels).cpu().half().numpy()
-            if "image_tokens" in arrays:
-                arrays["image_tokens"][positions] = student.image_encoder(pixels).cpu().half().numpy()
+            for view in range(plan.views):
+                seen = pixels
+                if augmented:
+                    seen = apply_crop_flip(pixels, torch.stack([stored_view(config, rows[i], view) for i in positions]))
+                if "teacher_cls" in arrays and teacher is not None:
+                    arrays["teacher_cls"][positions, view] = teacher(seen).cpu().half().numpy()
+                if "image_tokens" in arrays:
+                    arrays["image_tokens"][positions, view] = student.image_encoder(seen).cpu().half().numpy()
     for kind, array in arrays.items():
         write_shard(folder, shard_name(kind, shard), array)
     write_shard(folder, valid_name(shard), valid)  # written last: it marks the shard complete
@@ -213,22 +242,29 @@ def open_cache(config: Config, output_dir: Path, data: TrainingData, preprocess:
 
 
 class CachedPairs(Dataset[PairSample]):
-    """A CaptionPairDataset whose samples carry their cached rows; images are decoded only when still needed."""
+    """A CaptionPairDataset whose samples carry their cached rows; images are decoded only when still needed.
 
-    def __init__(self, source: CaptionPairDataset, cache: FeatureCache, need_pixels: bool) -> None:
-        self.source, self.cache, self.need_pixels = source, cache, need_pixels
+    With stored views, the sampler passes `epoch × len + index` (see `wants_epoch`) and epoch e reads view
+    e % views; when the student still needs pixels, the sample carries that view's crop (`crop_theta`)."""
+
+    def __init__(self, source: CaptionPairDataset, cache: FeatureCache, need_pixels: bool, config: Config) -> None:
+        self.source, self.cache, self.need_pixels, self.config = source, cache, need_pixels, config
         self.image_rows = [row for row, record in enumerate(source.records) for _ in record.captions]
+        self.wants_epoch = augmentation_of(config) is not None
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> PairSample:
+    def __getitem__(self, position: int) -> PairSample:
+        epoch, index = divmod(position, len(self.source))
         record, caption = self.source.pairs[index]
-        row = self.image_rows[index]
+        row, view = self.image_rows[index], epoch % self.cache.views
         if caption is None or not self.cache.image_valid(row):
             return PairSample(None, caption, record.image_id)  # counted like an undecodable image
-        features = {kind: self.cache.row(kind, index if kind in PER_PAIR else row) for kind in self.cache.kinds}
+        features = {kind: self.cache.row(kind, index if kind in PER_PAIR else row, view) for kind in self.cache.kinds}
         if not self.need_pixels:
             return PairSample(None, caption, record.image_id, features)
+        if self.wants_epoch:
+            features["crop_theta"] = stored_view(self.config, row, view)
         sample = self.source[index]
         return dataclasses.replace(sample, features=features) if sample.pixel_values is not None else sample

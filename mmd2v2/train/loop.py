@@ -20,7 +20,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.config import Config, SourceConfig, dump_config
-from mmd2v2.data.augmentation import random_resized_crop_flip
+from mmd2v2.data.augmentation import apply_crop_flip, random_resized_crop_flip
 from mmd2v2.data.demo_scenes import write_demo_dataset
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator
 from mmd2v2.data.sources import TrainingData, configured_sources, load_training_data, training_loader
@@ -199,7 +199,7 @@ def attach_cache(parts: RunParts, output_dir: Path, force: bool = False) -> str:
     if cache is not None:
         source = parts.data.sources[0]
         assert isinstance(source.data, CaptionPairDataset)
-        cached = CachedPairs(source.data, cache, need_pixels="image_tokens" not in cache.kinds)
+        cached = CachedPairs(source.data, cache, "image_tokens" not in cache.kinds, parts.config)
         parts.data.sources[0] = dataclasses.replace(source, data=cached)
         if "teacher_cls" in cache.kinds:
             parts.teacher = None
@@ -259,8 +259,11 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
                              "check the image root")
         if len(batch["image_ids"]) < 2:
             continue  # nothing to contrast (only possible when almost a whole batch failed to decode)
+        crop_theta = batch.pop("crop_theta", None)  # float32: the stored view whose teacher target the cache holds
         batch = _to_device(batch, device, dtype)
-        if config.data.random_crop_scale is not None or config.data.hflip_prob > 0:
+        if crop_theta is not None:
+            batch["pixel_values"] = apply_crop_flip(batch["pixel_values"], crop_theta)
+        elif batch["pixel_values"].numel() and (config.data.random_crop_scale is not None or config.data.hflip_prob > 0):
             low, high = config.data.random_crop_scale or (1.0, 1.0)
             ratio = (3 / 4, 4 / 3) if config.data.random_crop_scale is not None else (1.0, 1.0)
             batch["pixel_values"] = random_resized_crop_flip(batch["pixel_values"], (low, high), ratio, config.data.hflip_prob)
