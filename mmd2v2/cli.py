@@ -1,4 +1,4 @@
-"""`mmd2v2 <train|cache|eval|index|search|serve|demo-data>`: the project's one console script."""
+"""`mmd2v2 <train|cache|eval|index|search|serve|demo-data|vl>`: the project's one console script."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mmd2v2.config import ConfigError, config_to_dict, load_config
+from mmd2v2.vl.cli import add_vl_arguments, run_vl
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -280,9 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo-data", help="write the procedural demo dataset (OUT_DIR [--num-train N ...])",
                                add_help=False)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    add_vl_arguments(commands.add_parser("vl", help="VL task finetuning with (adaptive) distillation (docs/vl.md)"))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo-data"]:  # its own parser takes every argument, --help included
+        return guarded(run_demo_data, argparse.Namespace(demo_args=argv[1:]))
     args = parser.parse_args(argv)
     handlers = {"train": run_train, "cache": run_cache, "eval": run_eval, "index": run_index, "search": run_search, "serve": run_serve,
-                "demo-data": run_demo_data}
+                "demo-data": run_demo_data, "vl": run_vl}
     return guarded(handlers[args.command], args)
 
 

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -30,6 +30,9 @@ _ConfigLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+T = TypeVar("T")
 
 
 def read_yaml(text: str) -> Any:
@@ -325,11 +328,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}': expected key.sub=value")
-    return key.split("."), read_yaml(raw) if raw != "" else ""
+    try:
+        return key.split("."), read_yaml(raw) if raw != "" else ""
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({problem}; quote it)") from None
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a Config from a nested mapping plus `key.sub=value` overrides."""
+def typed_config_from_dict(cls: type[T], data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Build the config dataclass `cls` from a nested mapping plus `key.sub=value` overrides."""
     data = _merge({}, data or {}, "root")
     for text in overrides:
         path, value = parse_override(text)
@@ -339,11 +346,11 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{text}': '{part}' is not a section")
         node[path[-1]] = value
-    return _build(Config, data, "")
+    return _build(cls, data, "")
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML config file (or the defaults when `path` is None) and apply overrides."""
+def load_typed_config(cls: type[T], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Load a YAML file into the config dataclass `cls` (its defaults when `path` is None) and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -355,7 +362,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config file '{path}' is not valid YAML: {error}".splitlines()[0]) from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}': expected a mapping at the top level")
-    return config_from_dict(data, overrides)
+    return typed_config_from_dict(cls, data, overrides)
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from a nested mapping plus `key.sub=value` overrides."""
+    return typed_config_from_dict(Config, data, overrides)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config file (or the defaults when `path` is None) and apply overrides."""
+    return load_typed_config(Config, path, overrides)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

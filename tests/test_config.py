@@ -46,6 +46,7 @@ def test_defaults_without_file() -> None:
     ("loss.kd_kind=huber", "config key 'loss.kd_kind': got 'huber', expected one of"),
     ("optim.lr=fast", "config key 'optim.lr': got 'fast', expected a number"),
     ("trainer", "expected key.sub=value"),
+    ("model.image.config={a: [1, 2}", "override 'model.image.config={a: [1, 2}': the value is not valid YAML"),
 ])
 def test_bad_keys_and_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")) as info:

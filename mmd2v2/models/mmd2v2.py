@@ -36,11 +36,16 @@ class MMD2V2(nn.Module):
         self.projection = nn.Linear(width, cfg.embed_dim, bias=False)
         self.distill_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, teacher_dim)) if teacher_dim else None
 
+    def add_modality(self, tokens: Tensor, modality: int) -> Tensor:
+        """Tokens (B, T, width) plus the LayerScale-scaled embedding of their modality (0 image, 1 text), as the
+        shared blocks expect them (unchanged without modality embeddings)."""
+        if self.modality_embedding is None or self.modality_scale is None:
+            return tokens
+        return tokens + self.modality_scale(self.modality_embedding[modality])
+
     def _shared_cls(self, tokens: Tensor, modality: int, key_padding: Tensor | None) -> Tensor:
         """Shared blocks over one modality's tokens; returns the CLS output (B, width)."""
-        if self.modality_embedding is not None and self.modality_scale is not None:
-            tokens = tokens + self.modality_scale(self.modality_embedding[modality])
-        return self.shared(tokens, key_padding)[:, 0]
+        return self.shared(self.add_modality(tokens, modality), key_padding)[:, 0]
 
     def _output(self, cls: Tensor, with_distill: bool) -> ModalityOutput:
         embedding = F.normalize(self.projection(cls), dim=-1)

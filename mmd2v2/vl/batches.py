@@ -1,0 +1,81 @@
+"""Batches of VL examples: decoded images (each once per batch), the texts, and their word-aware tokenisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
+
+from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.vl.tasks.base import VLExample
+from mmd2v2.vl.words import TokenizedTexts, tokenize_with_words
+
+
+@dataclass
+class VLBatch:
+    """B examples: their images, their N = B * texts_per_example texts, and which image each text goes with."""
+
+    examples: list[VLExample]
+    pixel_values: Tensor  # (B, 3, H, W)
+    texts: list[str]  # N
+    image_index: Tensor  # (N,)
+    tokens: TokenizedTexts
+    skipped: int  # examples dropped because their image could not be decoded
+
+    def to(self, device: torch.device | str) -> VLBatch:
+        """The batch with its tensors on `device`."""
+        tokens = TokenizedTexts(self.tokens.input_ids.to(device), self.tokens.attention_mask.to(device),
+                                self.tokens.word_index, self.tokens.num_words, self.tokens.truncated)
+        return VLBatch(self.examples, self.pixel_values.to(device), self.texts, self.image_index.to(device), tokens,
+                       self.skipped)
+
+
+class ExampleImages(Dataset[tuple[VLExample, Tensor | None]]):
+    """Examples with their decoded image (None when it cannot be decoded); decoded images can be kept in memory."""
+
+    def __init__(self, examples: list[VLExample], preprocess: ImagePreprocessor, cache: bool) -> None:
+        self.examples, self.preprocess = examples, preprocess
+        self.cache: dict[str, Tensor | None] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[VLExample, Tensor | None]:
+        example = self.examples[index]
+        key = str(example.image)
+        if self.cache is not None and key in self.cache:
+            return example, self.cache[key]
+        try:
+            pixels: Tensor | None = self.preprocess.load(example.image)
+        except (OSError, ValueError, SyntaxError):
+            pixels = None
+        if self.cache is not None:
+            self.cache[key] = pixels
+        return example, pixels
+
+
+class BatchCollator:
+    """Builds a VLBatch: drops examples whose image is bad (counted), tokenises every text with word indices."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, items: list[tuple[VLExample, Tensor | None]]) -> VLBatch:
+        good = [(e, p) for e, p in items if p is not None]
+        examples = [e for e, _ in good]
+        texts = [t for e in examples for t in e.texts]
+        image_index = torch.tensor([i for i, e in enumerate(examples) for _ in e.texts], dtype=torch.long)
+        pixels = torch.stack([p for _, p in good]) if good else torch.zeros(0)
+        tokens = tokenize_with_words(self.tokenizer, texts or [""], self.max_length)
+        return VLBatch(examples, pixels, texts, image_index, tokens, len(items) - len(good))
+
+
+def example_loader(examples: list[VLExample], preprocess: ImagePreprocessor, collator: BatchCollator, batch_size: int,
+                   shuffle: bool, seed: int, cache: bool = True) -> DataLoader[VLBatch]:
+    """A loader over `examples` (seeded shuffling when `shuffle`)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(ExampleImages(examples, preprocess, cache), batch_size=batch_size, shuffle=shuffle,
+                      generator=generator, collate_fn=collator, num_workers=0)

@@ -1,0 +1,173 @@
+"""Typed configuration of VL finetuning (task, student, teachers, distillation, adaptive finetuning, protocol).
+
+Same conventions as `mmd2v2.config`: dataclass sections with defaults in code, YAML and `key.sub=value`
+overrides, an unknown key or a value of the wrong type raises `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmd2v2.config import ConfigError, ModelConfig, OptimConfig, load_typed_config, typed_config_from_dict
+
+
+@dataclass
+class SplitFiles:
+    """The files of one split: records (VQA questions JSON, SNLI-VE / VCR jsonl), VQA annotations, image folder."""
+
+    records: str | None = None
+    annotations: str | None = None  # VQA only: the annotations JSON (answers)
+    image_root: str | None = None  # default: the records file's folder
+
+
+@dataclass
+class TaskConfig:
+    """Which VL task and where its data is."""
+
+    name: Literal["vqa", "snli_ve", "vcr"] = "vqa"
+    train: SplitFiles = field(default_factory=SplitFiles)
+    val: SplitFiles = field(default_factory=SplitFiles)
+    image_pattern: str = ""  # "" = the task's standard file names; fields {image_id} and (VQA) {subtype}
+    min_answer_count: int = 9  # VQA: answers that are the majority answer of at least this many training questions
+    max_answers: int = 3129  # VQA: at most this many answers (most frequent first)
+    max_text_length: int = 64
+    on_bad_record: Literal["error", "skip"] = "error"  # malformed record: stop naming it, or skip and count
+    cache_images: bool = True  # keep decoded images in memory across epochs (small sets)
+
+
+@dataclass
+class StudentConfig:
+    """The VL student: an MM-D2V2 model run over the joined text+image sequence, with a task head on the CLS."""
+
+    init_from: str | None = None  # mmd2v2 export folder (or run folder with export/); None = random init from `model`
+    model: ModelConfig = field(default_factory=ModelConfig)  # used only for random init
+    tokenizer: str | None = None  # random init: HF tokenizer folder; None = word-level over the task's texts
+    image_size: int = 224  # random init only: input size (an export brings its own preprocessing)
+    head_hidden_ratio: float = 2.0  # task head: LayerNorm, Linear(width, ratio*width), GELU, Linear(., outputs)
+
+
+@dataclass
+class TeacherSpec:
+    """One frozen teacher: none, a Hugging Face encoder, or an mmd2v2 dual-encoder export."""
+
+    kind: Literal["none", "hf", "mmd2v2"] = "none"
+    family: str = "beit"  # hf: a family of mmd2v2.models.unimodal (vit, beit, bert, roberta, auto, ...)
+    pretrained: str | None = None  # hf: model folder or hub id; mmd2v2: export folder (or run folder)
+    config: dict[str, Any] = field(default_factory=dict)  # hf: config kwargs for random init (tests)
+    tokenizer: str | None = None  # hf text teacher: tokenizer folder (default: pretrained)
+    target: Literal["post_norm", "pre_norm"] = "post_norm"  # hf image teacher: CLS after / before the final norm
+
+
+@dataclass
+class TeachersConfig:
+    """The vision and the text teacher, chosen independently."""
+
+    vision: TeacherSpec = field(default_factory=TeacherSpec)
+    text: TeacherSpec = field(default_factory=lambda: TeacherSpec(family="bert"))
+    zero_shot_logit_scale: float = 100.0  # scale of a dual-encoder teacher's cosine logits (confidence weighting)
+
+
+@dataclass
+class DistillConfig:
+    """Multimodal distillation (MD) and its adaptive parts (MAD): each switch is a column of Table S3."""
+
+    vision: bool = False  # L_dv: teacher image token vs the student's first visual token
+    text: bool = False  # L_dt: teacher text CLS vs the student's text CLS
+    weight: float = 0.05  # w in L = L_task + w * (L_dv + L_dt [+ L'_dt])
+    token_selection: Literal["none", "adaptive", "random"] = "none"  # L'_dt over the top-m words (or m random ones)
+    num_tokens: int = 2  # m
+    keyword_ngram: int = 3  # YAKE's largest n-gram
+    confidence_weighting: bool = False  # distil an instance only where r = max p_teacher / max p_student > 1
+
+
+@dataclass
+class AdaptiveConfig:
+    """Adaptive finetuning: a first stage with image-text matching, masked language modelling and plain MD."""
+
+    enabled: bool = False
+    epochs: float = 1.0
+    full_data: bool = True  # stage 1 on the full training split even when stage 2 is low-shot
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    mlm_probability: float = 0.15
+    distill: bool = True  # add L_dv + L_dt (weighted by distill.weight) in stage 1
+
+
+@dataclass
+class VLTrainerConfig:
+    """Length of training, batches, logging."""
+
+    output_dir: str = "runs/vl"
+    epochs: float = 3.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    seed: int = 0
+    log_every: int = 10
+    progress_bar: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class ProtocolConfig:
+    """Which protocol settings, methods and seeds `mmd2v2 vl protocol` runs."""
+
+    settings: list[str] = field(default_factory=lambda: ["zero_shot", "low_shot", "full"])
+    shots: list[int] = field(default_factory=lambda: [100, 1000])  # low-shot sizes (per category / class / type)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    methods: list[str] = field(default_factory=lambda: ["baseline", "md", "mad"])  # presets of mmd2v2.vl.methods
+    low_shot_max_steps: int | None = None  # optimizer steps of a low-shot run; None = trainer.epochs
+    full_seeds: int = 1  # full-data runs use the first k seeds
+    questions_per_image: int = 2  # VQA low-shot: questions of the type kept per sampled image
+    zero_shot_model: str | None = None  # dual-encoder export for zero-shot; None = an mmd2v2 teacher or init_from
+
+
+@dataclass
+class VLConfig:
+    """The whole resolved configuration of a VL finetuning run."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_fraction=0.1))
+    trainer: VLTrainerConfig = field(default_factory=VLTrainerConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+
+    def __post_init__(self) -> None:
+        if self.distill.num_tokens < 1:
+            raise ConfigError(f"config key 'distill.num_tokens': got {self.distill.num_tokens}, expected >= 1")
+        if not 0 < self.adaptive.mlm_probability < 1:
+            raise ConfigError(f"config key 'adaptive.mlm_probability': got {self.adaptive.mlm_probability}, expected (0, 1)")
+        for setting in self.protocol.settings:
+            if setting not in ("zero_shot", "low_shot", "full"):
+                raise ConfigError(f"config key 'protocol.settings': got '{setting}', expected zero_shot, low_shot or full")
+
+
+def vl_config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> VLConfig:
+    """Build a VLConfig from a nested mapping plus `key.sub=value` overrides."""
+    return typed_config_from_dict(VLConfig, data, overrides)
+
+
+def load_vl_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> VLConfig:
+    """Load a VL YAML config (defaults when `path` is None) and apply overrides."""
+    return load_typed_config(VLConfig, path, overrides)
+
+
+def vl_config_to_dict(config: VLConfig) -> dict[str, Any]:
+    """The resolved config as plain nested dicts."""
+    return dataclasses.asdict(config)
+
+
+def dump_vl_config(config: VLConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(vl_config_to_dict(config), sort_keys=False))
+    tmp.replace(path)

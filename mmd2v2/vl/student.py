@@ -1,0 +1,108 @@
+"""The VL student: MM-D2V2's encoders and shared blocks over the joined text+image sequence, with a task head.
+
+Text tokens come first, so position 0 (the text CLS) is the joint CLS the task head reads; position T (the first
+image token) is the student's visual token for distillation. Modality embeddings are added as in MM-D2V2, and the
+shared blocks attend across both modalities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from mmd2v2.config import Config, DataConfig
+from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
+from mmd2v2.models.mmd2v2 import MMD2V2
+from mmd2v2.models.pretrained import load_pretrained
+from mmd2v2.vl.config import StudentConfig
+
+IMAGE, TEXT = 0, 1  # rows of MM-D2V2's modality embedding
+
+
+def export_folder(path: str | Path) -> Path:
+    """An mmd2v2 export folder, given it or the run folder holding it as export/."""
+    path = Path(path)
+    return path / "export" if (path / "export").is_dir() else path
+
+
+@dataclass
+class JointOutput:
+    """The shared blocks' output over [text tokens; image tokens]."""
+
+    tokens: Tensor  # (N, T + P, width)
+    text_length: int  # T
+
+    @property
+    def cls(self) -> Tensor:
+        """The joint (text) CLS, (N, width)."""
+        return self.tokens[:, 0]
+
+    @property
+    def image_token(self) -> Tensor:
+        """The student's first visual token, (N, width)."""
+        return self.tokens[:, self.text_length]
+
+    @property
+    def text_tokens(self) -> Tensor:
+        """The text positions, (N, T, width)."""
+        return self.tokens[:, : self.text_length]
+
+
+def _projection(width: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out))
+
+
+class VLStudent(nn.Module):
+    """MM-D2V2 backbone + task head, plus the heads that distillation and adaptive finetuning train."""
+
+    def __init__(self, backbone: MMD2V2, num_outputs: int, head_hidden_ratio: float, vision_dim: int | None = None,
+                 text_dim: int | None = None, vocab_size: int | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        width = backbone.shared.norm.normalized_shape[0]
+        hidden = max(1, int(width * head_hidden_ratio))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, num_outputs))
+        self.vision_head = _projection(width, vision_dim) if vision_dim else None
+        self.text_head = _projection(width, text_dim) if text_dim else None
+        self.mlm_head = _projection(width, vocab_size) if vocab_size else None
+        self.itm_head = nn.Linear(width, 2) if vocab_size else None
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, image_index: Tensor) -> JointOutput:
+        """Encode B images once and N texts; text row i attends jointly with image `image_index[i]`."""
+        backbone = self.backbone
+        image = backbone.add_modality(backbone.image_in(backbone.image_encoder(pixel_values)), IMAGE)[image_index]
+        text = backbone.add_modality(backbone.text_in(backbone.text_encoder(input_ids, attention_mask)), TEXT)
+        padding = torch.cat([attention_mask == 0, torch.zeros(image.shape[:2], dtype=torch.bool, device=image.device)], 1)
+        return JointOutput(backbone.shared(torch.cat([text, image.to(text.dtype)], 1), padding), input_ids.shape[1])
+
+    def logits(self, output: JointOutput) -> Tensor:
+        """Task head on the joint CLS: (N, num_outputs)."""
+        return self.head(output.cls)
+
+
+@dataclass
+class StudentParts:
+    """A freshly built student backbone with what it needs around it."""
+
+    backbone: MMD2V2
+    tokenizer: PreTrainedTokenizerBase
+    preprocess: ImagePreprocessor
+    config: Config  # the backbone's mmd2v2 config (saved with the finetuned backbone)
+
+
+def build_backbone(cfg: StudentConfig, texts: list[str]) -> StudentParts:
+    """Load the backbone from an mmd2v2 export (`init_from`), or build it randomly initialised from `cfg.model`."""
+    if cfg.init_from is not None:
+        bundle = load_pretrained(export_folder(cfg.init_from))
+        return StudentParts(bundle.model.train(), bundle.tokenizer, bundle.preprocess, bundle.config)
+    from mmd2v2.train.loop import prepare_tokenizer  # the same tokenizer rules as mmd2v2 training
+
+    config = Config(model=cfg.model, data=DataConfig(tokenizer=cfg.tokenizer, image_size=cfg.image_size))
+    tokenizer, config = prepare_tokenizer(config, texts)
+    config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, enabled=False))
+    return StudentParts(MMD2V2(config.model), tokenizer, resolve_image_preprocessing(config), config)

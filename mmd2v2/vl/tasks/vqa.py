@@ -1,0 +1,142 @@
+"""VQA v2: the official questions + annotations JSON, an answer vocabulary, soft scores and the VQA accuracy.
+
+Questions file: {"data_subtype": "train2014", "questions": [{"image_id", "question", "question_id"}]};
+annotations file: {"annotations": [{"question_id", "image_id", "multiple_choice_answer",
+"answers": [{"answer", "answer_id", ...} x 10]}]}. Images default to COCO's file names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+from mmd2v2.vl.config import SplitFiles, TaskConfig
+from mmd2v2.vl.tasks.base import IGNORE_LABEL, BadRecords, LoadedSplit, VLExample, image_folder, read_json
+
+DEFAULT_IMAGE_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"
+NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = {"a", "an", "the"}
+PUNCTUATION = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:']")
+PERIOD = re.compile(r"(?<!\d)\.(?!\d)")  # a full stop that is not a decimal point
+# (type, first-word patterns) in matching order; a question belongs to the first type whose pattern matches
+QUESTION_TYPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("how_many", re.compile(r"^how many\b")),
+    ("what_color", re.compile(r"^what colou?r\b")),
+    ("what", re.compile(r"^(what|what's)\b")),
+    ("is", re.compile(r"^(is|are|was|were|isn't|aren't)\b")),
+    ("does", re.compile(r"^(do|does|did|can|could|has|have|had|will|would|should)\b")),
+    ("where", re.compile(r"^where\b")),
+    ("who_which", re.compile(r"^(who|whose|whom|which)\b")),
+)
+OTHER_TYPE = "other"  # why, how, when, and everything else: the eighth type
+
+
+def normalize_answer(answer: str) -> str:
+    """The VQA evaluation's answer normalisation: lower case, punctuation, number words to digits, no articles."""
+    text = PERIOD.sub("", PUNCTUATION.sub(" ", answer.lower().replace("\n", " ").replace("\t", " ")))
+    words = [NUMBER_WORDS.get(word, word) for word in text.split()]
+    return " ".join(word for word in words if word not in ARTICLES)
+
+
+def question_type(question: str) -> str:
+    """One of 8 question types from the question's first words (how_many, what_color, what, is, does, where,
+    who_which, other)."""
+    text = question.strip().lower()
+    for name, pattern in QUESTION_TYPES:
+        if pattern.match(text):
+            return name
+    return OTHER_TYPE
+
+
+def soft_score(count: int) -> float:
+    """Training target of an answer given by `count` annotators: min(1, count / 3)."""
+    return min(1.0, count / 3.0)
+
+
+def vqa_accuracy(predicted: str, human_answers: list[str] | tuple[str, ...]) -> float:
+    """The VQA accuracy of one prediction: mean over leave-one-out subsets of min(1, matches among the others / 3)."""
+    if not human_answers:
+        raise ValueError("vqa_accuracy: a question needs at least one human answer")
+    predicted = normalize_answer(predicted)
+    answers = [normalize_answer(a) for a in human_answers]
+    if len(answers) == 1:
+        return float(answers[0] == predicted)
+    scores = [min(1.0, sum(a == predicted for j, a in enumerate(answers) if j != i) / 3.0) for i in range(len(answers))]
+    return sum(scores) / len(scores)
+
+
+def _read_annotations(files: SplitFiles, bad: BadRecords) -> dict[int, dict[str, Any]]:
+    """question_id -> annotation of the split (empty when the split has no annotations file)."""
+    if files.annotations is None:
+        return {}
+    data = read_json(files.annotations, "task annotations")
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        raise ValueError(f"{files.annotations}: expected an object with an 'annotations' list (VQA annotations JSON)")
+    by_question: dict[int, dict[str, Any]] = {}
+    for index, item in enumerate(annotations):
+        answers = item.get("answers") if isinstance(item, dict) else None
+        if (not isinstance(answers, list) or not isinstance(item.get("question_id"), int)
+                or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers)):
+            bad.report(files.annotations, f"annotation {index}", "expected question_id and an answers list of {answer}")
+            continue
+        by_question[item["question_id"]] = item
+    return by_question
+
+
+def build_answer_vocabulary(files: SplitFiles, min_count: int, max_answers: int) -> list[str]:
+    """Answers that are the majority (multiple-choice) answer of at least `min_count` training questions, most
+    frequent first, at most `max_answers`."""
+    counts: Counter[str] = Counter()
+    for item in _read_annotations(files, BadRecords("skip")).values():
+        answer = item.get("multiple_choice_answer")
+        if not isinstance(answer, str):
+            answer = Counter(normalize_answer(a["answer"]) for a in item["answers"]).most_common(1)[0][0]
+        counts[normalize_answer(answer)] += 1
+    vocabulary = [a for a, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count and a]
+    if not vocabulary:
+        raise ValueError(f"{files.annotations}: no answer is given to {min_count} or more questions "
+                         "(lower task.min_answer_count)")
+    return vocabulary[:max_answers]
+
+
+def load_vqa_split(cfg: TaskConfig, files: SplitFiles, vocabulary: list[str]) -> LoadedSplit:
+    """Examples of one VQA split; answers outside the vocabulary are counted and their question gets IGNORE_LABEL."""
+    if files.records is None:
+        raise ValueError("task: VQA needs the split's questions JSON (task.train.records / task.val.records)")
+    bad = BadRecords(cfg.on_bad_record)
+    data = read_json(files.records, "task questions")
+    questions = data.get("questions") if isinstance(data, dict) else None
+    if not isinstance(questions, list):
+        raise ValueError(f"{files.records}: expected an object with a 'questions' list (VQA questions JSON)")
+    subtype = str(data.get("data_subtype", ""))
+    annotations = _read_annotations(files, bad)
+    index_of = {answer: i for i, answer in enumerate(vocabulary)}
+    folder, pattern = image_folder(files.records, files.image_root), cfg.image_pattern or DEFAULT_IMAGE_PATTERN
+    examples, out_of_vocabulary = [], 0
+    for position, question in enumerate(questions):
+        if not (isinstance(question, dict) and isinstance(question.get("question"), str)
+                and isinstance(question.get("question_id"), int) and isinstance(question.get("image_id"), int)):
+            bad.report(files.records, f"question {position}", "expected question (text), question_id and image_id (int)")
+            continue
+        qid = question["question_id"]
+        annotation = annotations.get(qid)
+        if files.annotations is not None and annotation is None:
+            bad.report(files.records, f"question_id {qid}", f"has no annotation in {files.annotations}", "unanswered")
+            continue
+        human = tuple(a["answer"] for a in annotation["answers"]) if annotation else ()
+        counts = Counter(normalize_answer(a) for a in human)
+        targets = tuple(sorted((index_of[a], soft_score(c)) for a, c in counts.items() if a in index_of))
+        label = max(targets, key=lambda t: t[1])[0] if targets else IGNORE_LABEL
+        if human and not targets:
+            out_of_vocabulary += 1
+        examples.append(VLExample(
+            key=f"question_id {qid}", record_id=str(qid), image_id=str(question["image_id"]),
+            image=folder / pattern.format(subtype=subtype, image_id=question["image_id"]), texts=(question["question"],),
+            label=label, group=question_type(question["question"]), targets=targets, answers=human))
+    skipped = bad.summary()
+    if out_of_vocabulary:
+        skipped["answers_outside_vocabulary"] = out_of_vocabulary
+    return LoadedSplit(examples, skipped)

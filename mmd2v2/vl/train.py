@@ -1,0 +1,187 @@
+"""A VL finetuning run: task data, student, teachers, (stage 1 adaptive finetuning,) task finetuning with
+(M)AD, evaluation, and the run folder (config.yaml, train_log.jsonl, tb/, metrics.json, model/).
+
+A plain PyTorch loop with AdamW (no DeepSpeed engine): VL runs here are single-process and small, and the
+protocols train many short runs in one process, where an engine per run only adds start-up time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.train.engine import parameter_groups
+from mmd2v2.train.loop import MetricWindow, seed_everything
+from mmd2v2.train.schedule import WarmupCosine
+from mmd2v2.vl.batches import BatchCollator, VLBatch, example_loader
+from mmd2v2.vl.checkpoint import save_vl_model
+from mmd2v2.vl.config import VLConfig, dump_vl_config
+from mmd2v2.vl.objective import VLObjective
+from mmd2v2.vl.student import VLStudent, build_backbone
+from mmd2v2.vl.tasks import MAIN_METRIC, TaskData, load_task, task_metrics
+from mmd2v2.vl.tasks.base import VLExample
+from mmd2v2.vl.teachers import build_teachers
+from mmd2v2.vl.zero_shot import ZeroShotScorer, collect_similarities
+
+Step = Callable[[VLBatch], tuple[Tensor, dict[str, Tensor]]]
+
+
+@torch.no_grad()
+def predict(student: VLStudent, examples: list[VLExample], preprocess: ImagePreprocessor, collator: BatchCollator,
+            batch_size: int, device: str, progress: bool = False) -> tuple[list[VLExample], Tensor, int]:
+    """Logits of every example whose image decodes (VCR: (B, 4) choice scores); also the count left out."""
+    student.eval()
+    kept, logits, skipped = [], [], 0
+    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0, cache=False),
+                      desc="evaluate", unit="batch", disable=not progress):
+        skipped += batch.skipped
+        if not batch.examples:
+            continue
+        batch = batch.to(device)
+        output = student(batch.pixel_values, batch.tokens.input_ids, batch.tokens.attention_mask, batch.image_index)
+        kept.extend(batch.examples)
+        logits.append(student.logits(output).view(len(batch.examples), -1).float().cpu())
+    if not kept:
+        raise ValueError("evaluation: no image of the split could be decoded (check task.val.image_root)")
+    return kept, torch.cat(logits), skipped
+
+
+def evaluate_examples(student: VLStudent, task: TaskData, examples: list[VLExample], preprocess: ImagePreprocessor,
+                      collator: BatchCollator, batch_size: int, device: str, progress: bool) -> dict[str, float]:
+    """The task's metrics on `examples`, plus how many were left out for undecodable images."""
+    kept, logits, skipped = predict(student, examples, preprocess, collator, batch_size, device, progress)
+    return {**task_metrics(task.name, kept, logits, task.classes), "skipped_images": float(skipped)}
+
+
+class StageRunner:
+    """Runs training stages with AdamW + warm-up/cosine, logging to train_log.jsonl and TensorBoard."""
+
+    def __init__(self, cfg: VLConfig, student: VLStudent, preprocess: ImagePreprocessor, collator: BatchCollator,
+                 output_dir: Path | None) -> None:
+        self.cfg, self.student, self.preprocess, self.collator = cfg, student, preprocess, collator
+        self.output_dir = output_dir
+        self.writer = SummaryWriter(str(output_dir / "tb")) if output_dir is not None else None
+        self.global_step, self.skipped = 0, 0
+
+    def run(self, name: str, step_fn: Step, examples: list[VLExample], epochs: float, max_steps: int | None,
+            seed: int) -> None:
+        """Train for `epochs` (or `max_steps`) over `examples` with `step_fn`'s loss (`seed` shuffles)."""
+        cfg = self.cfg.trainer
+        per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
+        total = max_steps or max(1, math.ceil(epochs * per_epoch))
+        optimizer = torch.optim.AdamW(parameter_groups(self.student, self.cfg.optim.weight_decay), lr=self.cfg.optim.lr,
+                                      betas=tuple(self.cfg.optim.betas), eps=self.cfg.optim.eps)
+        schedule = WarmupCosine(total, round(self.cfg.optim.warmup_fraction * total), self.cfg.optim.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        loader = example_loader(examples, self.preprocess, self.collator, cfg.batch_size, True, seed,
+                                self.cfg.task.cache_images)
+        window, step = MetricWindow(), 0
+        bar = tqdm(total=total, desc=name, unit="step", disable=not cfg.progress_bar)
+        self.student.train()
+        while step < total:
+            epoch_start = step
+            for batch in loader:
+                self.skipped += batch.skipped
+                if len(batch.examples) < 2:
+                    continue
+                loss, terms = step_fn(batch.to(cfg.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                window.add(terms)
+                step += 1
+                self.global_step += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total:
+                    self._log(name, window.means(), scheduler.get_last_lr()[0])
+                if step >= total:
+                    break
+            if step == epoch_start:
+                raise ValueError(f"{name}: no batch with two or more decodable examples (check the images and "
+                                 "trainer.batch_size)")
+        bar.close()
+
+    def _log(self, stage: str, means: dict[str, float], lr: float) -> None:
+        if self.output_dir is None or self.writer is None:
+            return
+        record = {"stage": stage, "step": self.global_step, **means, "lr": lr}
+        with (self.output_dir / "train_log.jsonl").open("a") as log:
+            log.write(json.dumps(record) + "\n")
+        for key, value in means.items():
+            self.writer.add_scalar(f"{stage}/{key}", value, self.global_step)
+        self.writer.add_scalar("optim/lr", lr, self.global_step)
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None = None,
+             train_examples: list[VLExample] | None = None) -> dict[str, Any]:
+    """Train and evaluate one run; with `output_dir`, write the run folder. Returns the metrics."""
+    started = time.perf_counter()
+    seed_everything(cfg.trainer.seed)
+    task = task or load_task(cfg.task)
+    examples = task.train.examples if train_examples is None else train_examples
+    if not examples:
+        raise ValueError("training split: no usable example (see the skipped counts)")
+    parts = build_backbone(cfg.student, [t for e in task.train.examples for t in e.texts])
+    distill, adaptive = cfg.distill, cfg.adaptive
+    selection = distill.token_selection
+    need_vision = distill.vision or selection == "adaptive" or (adaptive.enabled and adaptive.distill and distill.vision)
+    need_text = distill.text or selection != "none" or (adaptive.enabled and adaptive.distill and distill.text)
+    teachers = build_teachers(cfg.teachers.vision, cfg.teachers.text, parts.preprocess, cfg.task.max_text_length,
+                              need_vision, need_text)
+    student = VLStudent(parts.backbone, task.num_outputs, cfg.student.head_hidden_ratio,
+                        teachers.vision.dim if teachers.vision else None, teachers.text.dim if teachers.text else None,
+                        len(parts.tokenizer) if adaptive.enabled else None).to(cfg.trainer.device)
+    for teacher in {id(t): t for t in (teachers.vision, teachers.text) if t is not None}.values():
+        teacher.to(cfg.trainer.device)
+    collator = BatchCollator(parts.tokenizer, cfg.task.max_text_length)
+    scorer = None
+    if distill.confidence_weighting:
+        if teachers.dual is None:
+            raise ValueError("distill.confidence_weighting: needs a teacher of kind mmd2v2 (zero-shot logits)")
+        scorer = ZeroShotScorer(teachers.dual.to(cfg.trainer.device), task, cfg.teachers.zero_shot_logit_scale)
+        if task.name == "snli_ve":
+            scorer.fit_anchors(collect_similarities(scorer, task.train.examples, parts.preprocess, collator,
+                                                    cfg.trainer.eval_batch_size, False))
+    objective = VLObjective(distill, adaptive, task, student, teachers, scorer, parts.tokenizer, cfg.task.max_text_length,
+                            cfg.trainer.seed)
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_log.jsonl").write_text("")
+        dump_vl_config(cfg, out / "config.yaml")
+    runner = StageRunner(cfg, student, parts.preprocess, collator, out)
+    if adaptive.enabled:
+        runner.run("adapt", objective.adapt_step, task.train.examples if adaptive.full_data else examples,
+                   adaptive.epochs, None, cfg.trainer.seed + 1)
+    runner.run("task", objective.task_step, examples, cfg.trainer.epochs, cfg.trainer.max_steps, cfg.trainer.seed)
+    runner.close()
+    metrics = evaluate_examples(student, task, task.val.examples, parts.preprocess, collator,
+                                cfg.trainer.eval_batch_size, cfg.trainer.device, cfg.trainer.progress_bar)
+    metrics.update({"main_metric": MAIN_METRIC[task.name], "train_examples": len(examples),
+                    "skipped_train_images": runner.skipped, "skipped_train_records": task.train.skipped,
+                    "skipped_val_records": task.val.skipped, "seconds": round(time.perf_counter() - started, 1)})
+    if out is not None:
+        save_vl_model(student.cpu(), parts, out / "model", {"name": task.name, "classes": task.classes,
+                                                            "head_hidden_ratio": cfg.student.head_hidden_ratio,
+                                                            "max_text_length": cfg.task.max_text_length})
+        tmp = out / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2))
+        tmp.replace(out / "metrics.json")
+    return metrics

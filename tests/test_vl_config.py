@@ -1,0 +1,46 @@
+"""VL configs: the shipped YAML files and every method preset resolve; bad keys and values are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmd2v2.config import ConfigError
+from mmd2v2.vl.config import load_vl_config
+from mmd2v2.vl.methods import METHODS, method_overrides
+from mmd2v2.vl.protocols import with_overrides
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("vl_*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_resolve(path: Path) -> None:
+    cfg = load_vl_config(path)
+    assert cfg.distill.weight == 0.05 and cfg.distill.num_tokens == 2
+
+
+def test_method_presets_switch_the_table_s3_components() -> None:
+    base = load_vl_config(None, ["distill.confidence_weighting=true", "adaptive.enabled=true"])
+    resolved = {name: with_overrides(base, method_overrides(name)) for name in METHODS}
+    assert not any([resolved["baseline"].distill.vision, resolved["baseline"].distill.text,
+                    resolved["baseline"].distill.confidence_weighting, resolved["baseline"].adaptive.enabled])
+    assert resolved["baseline"].distill.token_selection == "none"
+    assert resolved["md"].distill.vision and resolved["md"].distill.text and not resolved["md"].adaptive.enabled
+    assert resolved["md_ts_random"].distill.token_selection == "random"
+    mad = resolved["mad"]
+    assert (mad.distill.token_selection, mad.distill.confidence_weighting, mad.adaptive.enabled) == ("adaptive", True, True)
+    assert resolved["af_no_distill"].adaptive.enabled and not resolved["af_no_distill"].adaptive.distill
+    with pytest.raises(ValueError, match="unknown method 'mda'"):
+        method_overrides("mda")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["distill.num_tokens=0"], "'distill.num_tokens': got 0"),
+    (["distill.token_selection=topk"], "'distill.token_selection': got 'topk'"),
+    (["protocol.settings=[few_shot]"], "'protocol.settings': got 'few_shot'"),
+    (["teachers.text.kind=clip"], "'teachers.text.kind': got 'clip'"),
+])
+def test_bad_values_are_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_vl_config(None, overrides)
