@@ -13,6 +13,29 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 def build_word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
     """A lower-casing word-level tokenizer over `vocabulary` with BERT-style [CLS] ... [SEP] framing."""
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + sorted(set(vocabulary) - set(SPECIAL_TOKENS)))}
+    return _word_tokenizer(vocab)
+
+
+def unknown_words(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[str]:
+    """The words of `texts` that a word-level tokenizer (build_word_tokenizer's) maps to [UNK], sorted; [] for
+    subword tokenizers, which have no unknown words to add."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.model).__name__ != "WordLevel":
+        return []
+    vocab = tokenizer.get_vocab()
+    words = {word for text in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))}
+    return sorted(words - set(vocab))
+
+
+def extend_word_tokenizer(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with `words` appended after the existing ids (which keep their meaning)."""
+    vocab = dict(tokenizer.get_vocab())
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    return _word_tokenizer(vocab)
+
+
+def _word_tokenizer(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

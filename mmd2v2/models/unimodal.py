@@ -228,6 +228,12 @@ class UnimodalEncoder(nn.Module):
         if self.fully_frozen:
             self.model.eval()
 
+    def resize_vocabulary(self, size: int) -> None:
+        """Give a text encoder `size` token embeddings (new rows initialised by transformers), keeping the stored
+        architecture in step so exports rebuild it."""
+        self.model.resize_token_embeddings(size)
+        self.architecture = dataclasses.replace(self.architecture, config=portable_config_dict(self.model.config))
+
     def train(self, mode: bool = True) -> UnimodalEncoder:
         """Switch train/eval mode; a fully frozen encoder always stays in eval mode."""
         super().train(mode)

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.config import Config, DataConfig
 from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
+from mmd2v2.data.tokenization import extend_word_tokenizer, unknown_words
 from mmd2v2.models.mmd2v2 import MMD2V2
 from mmd2v2.models.pretrained import load_pretrained
 from mmd2v2.vl.config import StudentConfig
@@ -99,7 +100,11 @@ def build_backbone(cfg: StudentConfig, texts: list[str]) -> StudentParts:
     """Load the backbone from an mmd2v2 export (`init_from`), or build it randomly initialised from `cfg.model`."""
     if cfg.init_from is not None:
         bundle = load_pretrained(export_folder(cfg.init_from))
-        return StudentParts(bundle.model.train(), bundle.tokenizer, bundle.preprocess, bundle.config)
+        tokenizer, new_words = bundle.tokenizer, unknown_words(bundle.tokenizer, texts)
+        if new_words:  # a word-level (demo) vocabulary learns the task's words, e.g. the questions' "what", "how"
+            tokenizer = extend_word_tokenizer(tokenizer, new_words)
+            bundle.model.text_encoder.resize_vocabulary(len(tokenizer))
+        return StudentParts(bundle.model.train(), tokenizer, bundle.preprocess, bundle.config)
     from mmd2v2.train.loop import prepare_tokenizer  # the same tokenizer rules as mmd2v2 training
 
     config = Config(model=cfg.model, data=DataConfig(tokenizer=cfg.tokenizer, image_size=cfg.image_size))
