@@ -259,10 +259,10 @@ def run_demo_data(args: argparse.Namespace) -> int:
 
 
 def guarded(function, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    """Run a command; expected user errors become one line on stderr and exit code 2."""
+    """Run a command; expected user errors (a missing optional extra included) become one line on stderr, exit 2."""
     try:
         return function(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, TimeoutError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError, TimeoutError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

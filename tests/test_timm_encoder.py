@@ -150,3 +150,22 @@ def test_beitv2_converted_from_timm_matches_timm(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = model.forward_features(pixels)[:, 0]  # timm: blocks, then the final norm; CLS token
     torch.testing.assert_close(teacher(pixels), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_timm_teacher_gives_the_cls_after_or_before_the_final_norm(tmp_path: Path) -> None:
+    from mmd2v2.config import TeacherConfig
+    from mmd2v2.models.teacher import ImageTeacher
+
+    full, weights = _weights_file("beitv2_base_patch16_224", tmp_path)
+    last_block: list[torch.Tensor] = []
+    full.blocks[-1].register_forward_hook(lambda module, args, output: last_block.append(output))
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        post_norm = full.forward_features(pixels)[:, 0]
+    config = {"name": "beitv2_base_patch16_224", **TINY}
+    teachers = {target: ImageTeacher(TeacherConfig(family="timm", pretrained=str(weights), config=config, target=target))
+                for target in ("post_norm", "pre_norm")}
+    assert teachers["post_norm"].dim == 32 and teachers["post_norm"].image_size == 32
+    torch.testing.assert_close(teachers["post_norm"](pixels), post_norm, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(teachers["pre_norm"](pixels), last_block[0][:, 0], rtol=1e-5, atol=1e-5)
+    assert not any(p.requires_grad for p in teachers["pre_norm"].parameters())

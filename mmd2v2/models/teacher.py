@@ -1,4 +1,5 @@
-"""The frozen self-supervised image teacher (BEiT / BEiT-2 architecture) whose CLS is the distillation target."""
+"""The frozen self-supervised image teacher (BEiT-2 by default; any HF image family, or a timm ViT-style model
+with the `timm` extra) whose CLS is the distillation target."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmd2v2.config import EncoderConfig, TeacherConfig
-from mmd2v2.models.unimodal import load_hf_model
+from mmd2v2.config import ConfigError, EncoderConfig, TeacherConfig
+from mmd2v2.models.unimodal import TIMM, load_hf_model
 
 
 class ImageTeacher(nn.Module):
@@ -16,8 +17,19 @@ class ImageTeacher(nn.Module):
     def __init__(self, cfg: TeacherConfig) -> None:
         super().__init__()
         encoder_cfg = EncoderConfig(family=cfg.family, pretrained=cfg.pretrained, config=cfg.config)
-        self.model = load_hf_model(encoder_cfg, "image", "teacher")
         self.target = cfg.target
+        self.model: nn.Module
+        if cfg.family == TIMM:
+            from mmd2v2.models.timm_encoder import load_timm_model  # timm is an optional extra
+
+            # post_norm keeps timm's final norm, pre_norm drops it: forward_features then ends at the last block
+            self.model, _ = load_timm_model(encoder_cfg, "image", "teacher", keep_head_norms=cfg.target == "post_norm")
+            if getattr(self.model, "cls_token", None) is None:
+                raise ConfigError("teacher.config.name: this timm model has no CLS token to distil towards")
+            self.width, self.image_size = int(self.model.num_features), int(self.model.patch_embed.img_size[0])
+        else:
+            self.model = load_hf_model(encoder_cfg, "image", "teacher")
+            self.width, self.image_size = int(self.model.config.hidden_size), int(self.model.config.image_size)
         self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 for bf16 runs on GPUs
         self.model.requires_grad_(False)
         self.model.eval()
@@ -25,21 +37,26 @@ class ImageTeacher(nn.Module):
     @property
     def dim(self) -> int:
         """Size of the teacher's CLS vector."""
-        return int(self.model.config.hidden_size)
+        return self.width
 
     def train(self, mode: bool = True) -> ImageTeacher:
         """The teacher ignores train mode (its drop-path and dropout must stay off)."""
         return super().train(False)
+
+    def _cls(self, pixel_values: Tensor) -> Tensor:
+        if not hasattr(self.model, "config"):  # timm: its final norm was kept or dropped per target at load time
+            return self.model.forward_features(pixel_values)[:, 0]
+        output = self.model(pixel_values=pixel_values, output_hidden_states=self.target == "pre_norm")
+        return output.hidden_states[-1][:, 0] if self.target == "pre_norm" else output.last_hidden_state[:, 0]
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """Teacher CLS (B, dim) before or after the final LayerNorm, per `target`. Runs under inference mode (no
         autograd bookkeeping) and, when `autocast_dtype` is set on a GPU, in that precision; returns float32."""
         with torch.inference_mode(), torch.autocast(pixel_values.device.type, dtype=self.autocast_dtype or torch.float32,
                                                     enabled=self.autocast_dtype is not None and pixel_values.is_cuda):
-            pixel_values = pixel_values.to(self.model.dtype)  # the engine may feed bf16; the teacher keeps its own dtype
-            size = self.model.config.image_size
+            pixel_values = pixel_values.to(next(self.model.parameters()).dtype)  # the engine may feed bf16
+            size = self.image_size
             if pixel_values.shape[-1] != size or pixel_values.shape[-2] != size:
                 pixel_values = F.interpolate(pixel_values, size=(size, size), mode="bicubic", align_corners=False)
-            output = self.model(pixel_values=pixel_values, output_hidden_states=self.target == "pre_norm")
-            cls = output.hidden_states[-1][:, 0] if self.target == "pre_norm" else output.last_hidden_state[:, 0]
+            cls = self._cls(pixel_values)
         return cls.float().clone()  # cloned outside inference mode: an ordinary tensor the loss may save

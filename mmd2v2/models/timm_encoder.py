@@ -42,8 +42,10 @@ def timm_source(cfg: EncoderConfig, key: str) -> tuple[str, Path | None, dict[st
     return name, weights, kwargs
 
 
-def load_timm_model(cfg: EncoderConfig, modality: str, key: str) -> tuple[nn.Module, EncoderConfig]:
-    """The timm model truncated to `cfg.num_blocks` blocks, and the section that rebuilds it without weights."""
+def load_timm_model(cfg: EncoderConfig, modality: str, key: str,
+                    keep_head_norms: bool = False) -> tuple[nn.Module, EncoderConfig]:
+    """The timm model truncated to `cfg.num_blocks` blocks (its norms after the blocks dropped unless
+    `keep_head_norms`), and the section that rebuilds it without weights."""
     if modality != "image":
         raise ConfigError(f"{key}.family: 'timm' provides image encoders only")
     name, weights, kwargs = timm_source(cfg, key)
@@ -61,7 +63,7 @@ def load_timm_model(cfg: EncoderConfig, modality: str, key: str) -> tuple[nn.Mod
         if not 1 <= cfg.num_blocks <= len(blocks):
             raise ConfigError(f"{key}.num_blocks: got {cfg.num_blocks}, the model has {len(blocks)} blocks")
         model.blocks = blocks[: cfg.num_blocks]
-    for head_norm in HEAD_NORMS:
+    for head_norm in () if keep_head_norms else HEAD_NORMS:
         if isinstance(getattr(model, head_norm, None), nn.Module):
             setattr(model, head_norm, nn.Identity())
     return model, dataclasses.replace(cfg, pretrained=None, config={"name": name, **kwargs})

@@ -56,7 +56,7 @@ class TeacherSpec:
     """One frozen teacher: none, a Hugging Face encoder, or an mmd2v2 dual-encoder export."""
 
     kind: Literal["none", "hf", "mmd2v2"] = "none"
-    family: str = "beit"  # hf: a family of mmd2v2.models.unimodal (vit, beit, bert, roberta, auto, ...)
+    family: str = "beit"  # hf: a family of mmd2v2.models.unimodal (vit, beit, bert, roberta, auto, ...; timm for images)
     pretrained: str | None = None  # hf: model folder or hub id; mmd2v2: export folder (or run folder)
     config: dict[str, Any] = field(default_factory=dict)  # hf: config kwargs for random init (tests)
     tokenizer: str | None = None  # hf text teacher: tokenizer folder (default: pretrained)
