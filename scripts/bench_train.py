@@ -36,6 +36,7 @@ from mmd2v2.losses.objective import MMD2V2Objective  # noqa: E402
 from mmd2v2.models.mmd2v2 import MMD2V2  # noqa: E402
 from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
 from mmd2v2.train.engine import create_engine, ensure_distributed_env, resolved_precision  # noqa: E402
+from mmd2v2.train.feature_cache import encoder_tokens  # noqa: E402
 from mmd2v2.train.loop import TrainingModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,16 +90,14 @@ def synthetic_batch(config: Config, teacher: ImageTeacher | None, student: MMD2V
     host = {"pixel_values": torch.randn(batch, 3, size, size, generator=generator), "input_ids": tokens,
             "attention_mask": torch.ones_like(tokens), "image_ids": torch.arange(batch)}
     if cached:
-        with torch.inference_mode():
-            sample = host["pixel_values"][:2].to(device)
-            if teacher is not None:
-                host["teacher_cls"] = torch.randn(batch, teacher.dim).half()
-            if student.image_encoder.fully_frozen:
-                tokens_shape = student.image_encoder(sample.to(next(student.parameters()).dtype)).shape[1:]
-                host["image_tokens"] = torch.randn(batch, *tokens_shape).half()
-                host["pixel_values"] = torch.zeros(0)
-            if student.text_encoder.fully_frozen:
-                host["text_tokens"] = torch.randn(batch, CAPTION_TOKENS, student.text_encoder.width).half()
+        if teacher is not None:
+            host["teacher_cls"] = torch.randn(batch, teacher.dim).half()
+        if student.image_encoder.fully_frozen:
+            tokens = encoder_tokens(student, size)
+            host["image_tokens"] = torch.randn(batch, tokens, student.image_encoder.width).half()
+            host["pixel_values"] = torch.zeros(0)
+        if student.text_encoder.fully_frozen:
+            host["text_tokens"] = torch.randn(batch, CAPTION_TOKENS, student.text_encoder.width).half()
     return {k: v.pin_memory() if device.type == "cuda" else v for k, v in host.items()}
 
 

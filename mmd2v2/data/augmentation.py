@@ -8,11 +8,23 @@ augments exactly as an uninterrupted one.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mmd2v2.config import DataConfig
+
+
+def crop_flip_settings(data: DataConfig) -> dict[str, Any] | None:
+    """The run's augmentation as {scale, ratio, flip_prob} (what the crop functions take), None without any."""
+    if data.random_crop_scale is None and data.hflip_prob == 0:
+        return None
+    crop = data.random_crop_scale
+    return {"scale": list(crop or (1.0, 1.0)), "ratio": [3 / 4, 4 / 3] if crop is not None else [1.0, 1.0],
+            "flip_prob": data.hflip_prob}
 
 
 def _thetas(uniforms: Tensor, scale: tuple[float, float], ratio: tuple[float, float], flip_prob: float) -> Tensor:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.config import Config
-from mmd2v2.data.augmentation import apply_crop_flip, view_crop_flip
+from mmd2v2.data.augmentation import apply_crop_flip, crop_flip_settings, view_crop_flip
 from mmd2v2.data.feature_cache import (
     MANIFEST,
     PER_IMAGE,
@@ -42,6 +41,7 @@ from mmd2v2.data.karpathy import ImageRecord
 from mmd2v2.data.pairs import CaptionPairDataset, PairSample
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.sources import TrainingData
+from mmd2v2.losses.distributed import data_parallel_world
 from mmd2v2.models.mmd2v2 import MMD2V2
 from mmd2v2.models.teacher import ImageTeacher
 
@@ -59,24 +59,31 @@ def cache_folder(config: Config, output_dir: Path) -> Path | None:
     return output_dir / "feature_cache" if config.cache.dir == AUTO else Path(config.cache.dir)
 
 
-def _encoder_tokens(student: MMD2V2, size: int) -> int:
+def encoder_tokens(student: MMD2V2, size: int) -> int:
     """Length of the frozen image encoder's output sequence at the run's image size."""
+    weight = next(student.image_encoder.parameters())
     with torch.inference_mode():
-        probe = torch.zeros(1, 3, size, size, dtype=next(student.image_encoder.parameters()).dtype)
+        probe = torch.zeros(1, 3, size, size, dtype=weight.dtype, device=weight.device)
         return int(student.image_encoder(probe).shape[1])
 
 
-def plan_cache(config: Config, data: TrainingData, preprocess: ImagePreprocessor, tokenizer: PreTrainedTokenizerBase,
-               teacher: ImageTeacher | None, student: MMD2V2) -> CachePlan:
-    """What this run's cache must hold and the fingerprints it must match; CacheRefused when none is possible."""
-    augmentation = augmentation_of(config)
-    if augmentation is not None and config.cache.views < 1:
+def cache_source(config: Config, data: TrainingData) -> CaptionPairDataset:
+    """The run's one random-access source, or CacheRefused with the reason the run cannot be cached (cheap checks)."""
+    if crop_flip_settings(config.data) is not None and config.cache.views < 1:
         raise CacheRefused("training augmentation (data.random_crop_scale / data.hflip_prob) gives the teacher and the "
                            "encoders a new view every step: set cache.views to the augmented views to store per image")
     source = data.sources[0].data if len(data.sources) == 1 else None
     if not isinstance(source, CaptionPairDataset):
         raise CacheRefused("the feature cache needs one random-access source (karpathy or table), not "
                            f"{len(data.sources)} sources or streamed shards")
+    return source
+
+
+def plan_cache(config: Config, source: CaptionPairDataset, preprocess: ImagePreprocessor,
+               tokenizer: PreTrainedTokenizerBase, teacher: ImageTeacher | None, student: MMD2V2) -> CachePlan:
+    """What this run's cache must hold and the fingerprints (hashes of every weight) it must match; CacheRefused
+    when there is nothing to cache."""
+    augmentation = crop_flip_settings(config.data)
     kinds: dict[str, tuple[int, ...]] = {}
     fingerprints: dict[str, object] = {
         "data": text_fingerprint([f"{r.path}" for r in source.records] + [c for _, c in source.pairs]),
@@ -87,7 +94,7 @@ def plan_cache(config: Config, data: TrainingData, preprocess: ImagePreprocessor
         kinds["teacher_cls"] = (teacher.dim,)
         fingerprints["teacher"] = {"target": teacher.target, "weights": tensor_fingerprint(teacher.model)}
     if config.cache.encoders and student.image_encoder.fully_frozen:
-        kinds["image_tokens"] = (_encoder_tokens(student, preprocess.size), student.image_encoder.width)
+        kinds["image_tokens"] = (encoder_tokens(student, preprocess.size), student.image_encoder.width)
         fingerprints["image_encoder"] = tensor_fingerprint(student.image_encoder)
     if config.cache.encoders and student.text_encoder.fully_frozen:
         kinds["text_tokens"] = (config.data.max_text_length, student.text_encoder.width)
@@ -100,18 +107,9 @@ def plan_cache(config: Config, data: TrainingData, preprocess: ImagePreprocessor
                      config.cache.views if augmentation is not None else 1)
 
 
-def augmentation_of(config: Config) -> dict[str, Any] | None:
-    """The run's crop-and-flip settings (as view_crop_flip takes them), None without augmentation."""
-    if config.data.random_crop_scale is None and config.data.hflip_prob == 0:
-        return None
-    crop = config.data.random_crop_scale
-    return {"scale": list(crop or (1.0, 1.0)), "ratio": [3 / 4, 4 / 3] if crop is not None else [1.0, 1.0],
-            "flip_prob": config.data.hflip_prob}
-
-
 def stored_view(config: Config, image_row: int, view: int) -> Tensor:
     """The crop-and-flip matrix of one stored view (the same at cache-building and at training time)."""
-    augmentation = augmentation_of(config)
+    augmentation = crop_flip_settings(config.data)
     assert augmentation is not None
     return view_crop_flip(config.trainer.seed, image_row, view, tuple(augmentation["scale"]), tuple(augmentation["ratio"]),
                           augmentation["flip_prob"])
@@ -143,7 +141,7 @@ def _build_image_shard(plan: CachePlan, folder: Path, shard: int, source: Captio
     kinds = [k for k in plan.kinds if k in PER_IMAGE]
     rows = plan.shard_rows(kinds[0], shard)
     arrays = {k: np.zeros((len(rows), plan.views, *plan.kinds[k]), dtype=np.float16) for k in kinds}
-    augmented = augmentation_of(config) is not None
+    augmented = crop_flip_settings(config.data) is not None
     valid = np.zeros(len(rows), dtype=bool)
     loader = DataLoader(_Images(source.records, rows, preprocess), batch_size=config.cache.batch_size,
                         num_workers=config.data.num_workers, collate_fn=_collate_images,
@@ -181,20 +179,18 @@ def _build_text_shard(plan: CachePlan, folder: Path, shard: int, source: Caption
     write_shard(folder, shard_name("text_tokens", shard), array)
 
 
-def build_cache(plan: CachePlan, folder: Path, data: TrainingData, preprocess: ImagePreprocessor,
+def build_cache(plan: CachePlan, folder: Path, source: CaptionPairDataset, preprocess: ImagePreprocessor,
                 tokenizer: PreTrainedTokenizerBase, teacher: ImageTeacher | None, student: MMD2V2, config: Config,
                 device: torch.device, progress: bool) -> None:
     """Compute the missing shards (rank r builds shards r, r + world, ...), then rank 0 writes the manifest."""
-    source = data.sources[0].data
-    assert isinstance(source, CaptionPairDataset)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = data_parallel_world()
     folder.mkdir(parents=True, exist_ok=True)
-    networks = [m for m in (teacher, student.image_encoder, student.text_encoder) if m is not None]
-    for module in networks:
-        module.to(device)
-    jobs = [("image", s) for s in range(plan.num_shards(next(k for k in plan.kinds if k in PER_IMAGE)))
-            if any(k in PER_IMAGE for k in plan.kinds)]
-    jobs += [("text", s) for s in range(plan.num_shards("text_tokens"))] if "text_tokens" in plan.kinds else []
+    for module in (teacher, student.image_encoder, student.text_encoder):
+        if module is not None:
+            module.to(device)
+    image_shards = plan.num_shards(PER_IMAGE[0]) if any(k in PER_IMAGE for k in plan.kinds) else 0
+    text_shards = plan.num_shards("text_tokens") if "text_tokens" in plan.kinds else 0
+    jobs = [("image", s) for s in range(image_shards)] + [("text", s) for s in range(text_shards)]
     mine = [(kind, shard) for i, (kind, shard) in enumerate(jobs) if i % world == rank]
     for kind, shard in tqdm(mine, desc="feature cache", unit="shard", disable=rank != 0 or not progress):
         if (folder / (valid_name(shard) if kind == "image" else shard_name("text_tokens", shard))).is_file():
@@ -203,12 +199,12 @@ def build_cache(plan: CachePlan, folder: Path, data: TrainingData, preprocess: I
             _build_image_shard(plan, folder, shard, source, preprocess, teacher, student, config, device)
         else:
             _build_text_shard(plan, folder, shard, source, tokenizer, student, config, device)
-    if dist.is_initialized():
+    if world > 1:
         dist.barrier()
     if rank == 0:
         skipped = sum(int((~np.load(folder / valid_name(s))).sum()) for kind, s in jobs if kind == "image")
         write_manifest(folder, plan, skipped)
-    if dist.is_initialized():
+    if world > 1:
         dist.barrier()
 
 
@@ -224,17 +220,18 @@ def open_cache(config: Config, output_dir: Path, data: TrainingData, preprocess:
         return None, "feature cache: off (cache.dir is null)"
     auto = config.cache.dir == AUTO
     try:
-        plan = plan_cache(config, data, preprocess, tokenizer, teacher, student)
+        source = cache_source(config, data)
+        if auto and not force and passes < 2 and not (folder / MANIFEST).is_file():  # before hashing any weights
+            return None, f"feature cache: off ({passes:.1f} passes over the data; building it costs one)"
+        plan = plan_cache(config, source, preprocess, tokenizer, teacher, student)
     except CacheRefused as reason:
         if auto and not force:
             return None, f"feature cache: off ({reason})"
         raise CacheRefused(f"cache.dir: {reason}; set cache.dir=null to train without a cache") from None
-    if auto and not force and passes < 2 and not (folder / MANIFEST).is_file():
-        return None, f"feature cache: off ({passes:.1f} passes over the data; building it costs one)"
     built = ""
     if not (folder / MANIFEST).is_file():
         start = time.perf_counter()
-        build_cache(plan, folder, data, preprocess, tokenizer, teacher, student, config, device, config.trainer.progress_bar)
+        build_cache(plan, folder, source, preprocess, tokenizer, teacher, student, config, device, config.trainer.progress_bar)
         built = f", built in {time.perf_counter() - start:.0f} s"
     cache = FeatureCache(folder)
     cache.check(plan)
@@ -250,7 +247,7 @@ class CachedPairs(Dataset[PairSample]):
     def __init__(self, source: CaptionPairDataset, cache: FeatureCache, need_pixels: bool, config: Config) -> None:
         self.source, self.cache, self.need_pixels, self.config = source, cache, need_pixels, config
         self.image_rows = [row for row, record in enumerate(source.records) for _ in record.captions]
-        self.wants_epoch = augmentation_of(config) is not None
+        self.wants_epoch = crop_flip_settings(config.data) is not None
 
     def __len__(self) -> int:
         return len(self.source)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.config import Config, SourceConfig, dump_config
-from mmd2v2.data.augmentation import apply_crop_flip, random_resized_crop_flip
+from mmd2v2.data.augmentation import apply_crop_flip, crop_flip_settings, random_resized_crop_flip
 from mmd2v2.data.demo_scenes import write_demo_dataset
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator
 from mmd2v2.data.sources import TrainingData, configured_sources, load_training_data, training_loader
@@ -249,6 +249,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
                disable=rank != 0 or not config.trainer.progress_bar)
     engine.train()
+    augmentation = crop_flip_settings(config.data)
     seen, loop_start = 0, time.perf_counter()
     for batch in loader:
         for key, batch_key in COUNTED.items():
@@ -263,10 +264,9 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
         batch = _to_device(batch, device, dtype)
         if crop_theta is not None:
             batch["pixel_values"] = apply_crop_flip(batch["pixel_values"], crop_theta)
-        elif batch["pixel_values"].numel() and (config.data.random_crop_scale is not None or config.data.hflip_prob > 0):
-            low, high = config.data.random_crop_scale or (1.0, 1.0)
-            ratio = (3 / 4, 4 / 3) if config.data.random_crop_scale is not None else (1.0, 1.0)
-            batch["pixel_values"] = random_resized_crop_flip(batch["pixel_values"], (low, high), ratio, config.data.hflip_prob)
+        elif batch["pixel_values"].numel() and augmentation is not None:
+            batch["pixel_values"] = random_resized_crop_flip(batch["pixel_values"], tuple(augmentation["scale"]),
+                                                             tuple(augmentation["ratio"]), augmentation["flip_prob"])
         teacher_cls = batch.pop("teacher_cls", None)  # from the feature cache, else computed now
         if teacher_cls is None and teacher is not None:
             teacher_cls = teacher(batch["pixel_values"])

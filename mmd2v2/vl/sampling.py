@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 
 from mmd2v2.vl.tasks.base import VLExample
 from mmd2v2.vl.tasks.snli_ve import LABELS
@@ -16,13 +17,18 @@ from mmd2v2.vl.tasks.vcr import CATEGORIES
 from mmd2v2.vl.tasks.vqa import OTHER_TYPE, QUESTION_TYPES
 
 
+def distinct_per_group(examples: list[VLExample], key: Callable[[VLExample], str]) -> dict[str, list[str]]:
+    """Each group's distinct `key` values in first-seen order (a dict keeps the order, in linear time)."""
+    groups: dict[str, dict[str, None]] = defaultdict(dict)
+    for example in examples:
+        groups[example.group][key(example)] = None
+    return {group: list(values) for group, values in groups.items()}
+
+
 def sample_vcr(examples: list[VLExample], per_category: int, seed: int) -> list[VLExample]:
     """All examples (Q->A and QA->R) of `per_category` questions drawn from each question category."""
     rng = random.Random(seed)
-    records: dict[str, list[str]] = defaultdict(list)
-    for example in examples:
-        if example.record_id not in records[example.group]:
-            records[example.group].append(example.record_id)
+    records = distinct_per_group(examples, lambda e: e.record_id)
     chosen: set[str] = set()
     for category, _ in CATEGORIES:
         pool = records.get(category, [])
@@ -33,10 +39,7 @@ def sample_vcr(examples: list[VLExample], per_category: int, seed: int) -> list[
 def sample_snli_ve(examples: list[VLExample], per_class: int, seed: int) -> list[VLExample]:
     """All hypotheses of `per_class` images drawn for each class (an image is drawn at most once)."""
     rng = random.Random(seed)
-    images_of: dict[str, list[str]] = defaultdict(list)
-    for example in examples:
-        if example.image_id not in images_of[example.group]:
-            images_of[example.group].append(example.image_id)
+    images_of = distinct_per_group(examples, lambda e: e.image_id)
     chosen: set[str] = set()
     for label in LABELS:
         pool = [i for i in images_of.get(label, []) if i not in chosen]
