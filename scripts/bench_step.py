@@ -129,7 +129,12 @@ def main(argv: list[str] | None = None) -> None:
             continue
         ours, base = results["config"][key], results["baseline"][key]
         ratio = f"{base / ours:8.2f}x" if ours > 0 and "params" not in key else ""
-        print(f"{key:24} {ours:10.1f} {base:10.1f} {ratio:>9}")
+        print(f"{key:24} {_cell(ours):>10} {_cell(base):>10} {ratio:>9}")
+
+
+def _cell(value: float) -> str:
+    """One decimal for values of 10 and up, three significant digits below, so a fast component never prints 0.0."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
 
 
 if __name__ == "__main__":
