@@ -1,9 +1,12 @@
 """The VL demo: questions and statements about the procedural demo scenes, written in the real task formats.
 
 Each image (a scene of mmd2v2.data.demo_scenes) gets three VQA-style questions drawn from five templates with a
-closed answer set (colour, shape, count, position, yes/no) and three SNLI-VE-style statements, one per label:
-entailment (true of the scene), contradiction (false of it), neutral (a property no image can show). Files are VQA
-v2 questions/annotations JSON and SNLI-VE JSON lines, so the demo goes through the same loaders as real data.
+closed answer set (colour, shape, count, position, yes/no), three SNLI-VE-style statements, one per label:
+entailment (true of the scene), contradiction (false of it), neutral (a property no image can show), and one
+VCR-style multiple-choice question about one object (its colour, or where it is) with four answers and four
+rationales (one fact about the object true of the image: its size, where it is against another object, how many
+shapes share its colour). Files are VQA v2 questions/annotations JSON, SNLI-VE JSON lines and VCR JSON lines
+(objects named by their shape, referred to by index), so the demo goes through the same loaders as real data.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +31,7 @@ from mmd2v2.data.demo_scenes import (
 )
 from mmd2v2.files import replace_folder
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 SPLITS = ("train", "val")
 NUMBER_ANSWERS = ("0", "1", "2", "3", "4")
 UNOBSERVABLE = ("heavy", "made of wood", "very old", "warm", "expensive", "brand new")
@@ -87,10 +91,68 @@ def demo_statements(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
             (false_options[int(rng.integers(len(false_options)))], "contradiction"), (neutral, "neutral")]
 
 
+def _place_words(row: int, col: int) -> list[str]:
+    return ["in", "the", "center"] if (row, col) == (1, 1) else ["at", "the", *PLACES[row][col].split()]
+
+
+def _object_facts(scene: Scene, k: int) -> tuple[list[list[Any]], list[list[Any]]]:
+    """True and false facts about object `k` as VCR token lists ([k] refers to the object): size, position
+    against each other object, and how many shapes share its colour."""
+    obj = scene.objects[k]
+    true: list[list[Any]] = [[[k], "is", obj.size]]
+    false: list[list[Any]] = [[[k], "is", next(s for s in ("small", "large") if s != obj.size)]]
+    for j, other in enumerate(scene.objects):
+        if j == k:
+            continue
+        sides = {"left": obj.col < other.col, "right": obj.col > other.col}
+        levels = {"above": obj.row < other.row, "below": obj.row > other.row}
+        for side, holds in sides.items():
+            (true if holds else false).append([[k], "is", "to", "the", side, "of", [j]])
+        for level, holds in levels.items():
+            (true if holds else false).append([[k], "is", level, [j]])
+    same_colour = sum(o.colour == obj.colour for o in scene.objects)
+    for count in range(1, 5):
+        fact = ([[k], "is", "the", "only", obj.colour, "shape"] if count == 1
+                else [[k], "is", "one", "of", NUMBERS[count], obj.colour, "shapes"])
+        (true if count == same_colour else false).append(fact)
+    return true, false
+
+
+def _with_right_choice(right: list[Any], wrong: list[list[Any]], rng: np.random.Generator) -> tuple[list[Any], int]:
+    """Four choices: `right` and three of `wrong`, shuffled; returns them and the right one's index."""
+    picked = [wrong[int(i)] for i in rng.choice(len(wrong), size=3, replace=False)]
+    label = int(rng.integers(4))
+    return picked[:label] + [right] + picked[label:], label
+
+
+def demo_vcr_record(scene: Scene, rng: np.random.Generator, split: str, index: int) -> dict[str, Any]:
+    """One VCR-format record about `scene`: the colour of an object given its place, or the place of an object
+    given its colour; four answers and four rationales (facts about the object), one of each right."""
+    k = int(rng.integers(len(scene.objects)))
+    obj = scene.objects[k]
+    if rng.random() < 0.5:
+        question = ["what", "color", "is", [k], *_place_words(obj.row, obj.col), "?"]
+        wrong_colours = [c for c in COLOURS if c != obj.colour]
+        answers, answer_label = _with_right_choice([[k], "is", obj.colour], [[[k], "is", c] for c in wrong_colours], rng)
+    else:
+        question = ["where", "is", "the", obj.colour, [k], "?"]
+        cells = [(r, c) for r in range(3) for c in range(3) if (r, c) != (obj.row, obj.col)]
+        answers, answer_label = _with_right_choice([[k], "is", *_place_words(obj.row, obj.col)],
+                                                   [[[k], "is", *_place_words(r, c)] for r, c in cells], rng)
+    true, false = _object_facts(scene, k)
+    rationales, rationale_label = _with_right_choice(true[int(rng.integers(len(true)))], false, rng)
+    image = f"{split}/{index:06d}.png"
+    return {"movie": "demo_scenes", "objects": [o.shape for o in scene.objects], "img_fn": image,
+            "metadata_fn": image.replace(".png", ".json"), "question": question, "answer_choices": answers,
+            "rationale_choices": rationales, "answer_label": answer_label, "rationale_label": rationale_label,
+            "annot_id": f"{split}-{index}", "question_number": 0, "img_id": f"{split}-{index}", "match_fold": split}
+
+
 def _write_split(folder: Path, split: str, count: int, seed: int, image_size: int) -> None:
     (folder / "images" / split).mkdir(parents=True)
-    questions, annotations, statements = [], [], []
+    questions, annotations, statements, vcr_records = [], [], [], []
     rng = np.random.default_rng([seed, 17, SPLITS.index(split)])
+    vcr_rng = np.random.default_rng([seed, 23, SPLITS.index(split)])  # its own stream: VQA/SNLI-VE draws unchanged
     for index in range(count):
         scene = generate_scene(seed + 1000, split, index)  # other scenes than the retrieval demo's
         render(scene, image_size).save(folder / "images" / split / f"{index:06d}.png", compress_level=1)
@@ -104,14 +166,18 @@ def _write_split(folder: Path, split: str, count: int, seed: int, image_size: in
         for number, (statement, label) in enumerate(demo_statements(scene, rng)):
             statements.append({"Flickr30K_ID": f"{index:06d}", "pairID": f"{index:06d}#{number}",
                                "sentence1": scene.captions[0], "sentence2": statement, "gold_label": label})
+        vcr_records.append(demo_vcr_record(scene, vcr_rng, split, index))
     (folder / "vqa").mkdir(exist_ok=True)
     (folder / "snli_ve").mkdir(exist_ok=True)
+    (folder / "vcr").mkdir(exist_ok=True)
     (folder / "vqa" / f"questions_{split}.json").write_text(json.dumps(
         {"task_type": "Open-Ended", "data_type": "demo", "data_subtype": split, "questions": questions}))
     (folder / "vqa" / f"annotations_{split}.json").write_text(json.dumps(
         {"data_type": "demo", "data_subtype": split, "annotations": annotations}))
     with (folder / "snli_ve" / f"snli_ve_{split}.jsonl").open("w") as out:
         out.writelines(json.dumps(record) + "\n" for record in statements)
+    with (folder / "vcr" / f"{split}.jsonl").open("w") as out:
+        out.writelines(json.dumps(record) + "\n" for record in vcr_records)
 
 
 def write_vl_demo(root: str | Path, num_train: int = 1500, num_val: int = 300, image_size: int = 64,
