@@ -75,6 +75,11 @@ def _demo_snli_ve(root: Path) -> list[str]:
             f"task.val.image_root={root}/images/val", 'task.image_pattern="{image_id}.png"']
 
 
+def _demo_vcr(root: Path) -> list[str]:
+    return ["task.name=vcr", f"task.train.records={root}/vcr/train.jsonl", f"task.train.image_root={root}/images",
+            f"task.val.records={root}/vcr/val.jsonl", f"task.val.image_root={root}/images"]
+
+
 def _trainer(**extra: object) -> list[str]:
     values = {"trainer.batch_size": 8, "trainer.eval_batch_size": 16, "trainer.max_steps": 3, "trainer.log_every": 1,
               "trainer.progress_bar": False, "optim.lr": 1e-3, **extra}
@@ -120,7 +125,8 @@ def test_demo_vqa_task_loss_falls_with_a_random_init_student(demo: Path, tokeniz
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_protocol_runs_zero_shot_low_shot_seeds_and_full_into_a_table(demo: Path, export_dir: Path, tmp_path: Path) -> None:
+def test_protocol_runs_zero_shot_low_shot_seeds_and_full_into_a_table_and_reuses_finished_runs(
+        demo: Path, export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "protocol"
     args = ["vl", "protocol", "--output-dir", str(out), *_demo_snli_ve(demo), f"student.init_from={export_dir}",
             "teachers.vision.kind=mmd2v2", f"teachers.vision.pretrained={export_dir}", "teachers.text.kind=mmd2v2",
@@ -139,6 +145,40 @@ def test_protocol_runs_zero_shot_low_shot_seeds_and_full_into_a_table(demo: Path
     assert cell["n"] == 4 and cell["mean"] == pytest.approx(sum(values) / 4)
     table = (out / "protocol.md").read_text()
     assert "| zero-shot (dual encoder) |" in table and "| md_ts_cw |" in table and "n=4" in table
+
+    # run again (as after an interruption): every finished run is reused, not retrained
+    capsys.readouterr()
+    assert main([*args, "trainer.progress_bar=true"]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 10
+    assert json.loads((out / "protocol.json").read_text())["results"] == report["results"]
+    from mmd2v2.vl.config import load_vl_config
+    from mmd2v2.vl.protocols import finished_run
+
+    run = out / "runs" / "baseline_full_seed0"
+    same = load_vl_config(run / "config.yaml", [])
+    assert finished_run(run, same) is not None
+    assert finished_run(run, load_vl_config(run / "config.yaml", ["optim.lr=0.5"])) is None
+    (run / "metrics.json").unlink()  # an interrupted run has no metrics.json
+    assert finished_run(run, same) is None
+
+
+def test_demo_vcr_protocol_zero_shot_and_mad_with_confidence_weighting_over_the_choices(
+        demo: Path, export_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "protocol"
+    args = ["vl", "protocol", "--output-dir", str(out), *_demo_vcr(demo), f"student.init_from={export_dir}",
+            "teachers.vision.kind=mmd2v2", f"teachers.vision.pretrained={export_dir}", "teachers.text.kind=mmd2v2",
+            f"teachers.text.pretrained={export_dir}", "protocol.settings=[zero_shot, low_shot]", "protocol.shots=[2]",
+            "protocol.methods=[mad]", "protocol.seeds=[0, 1, 2, 3]", "protocol.low_shot_max_steps=2",
+            "adaptive.epochs=0.05", *_trainer(**{"trainer.max_steps": "null"})]
+    assert main(args) == 0
+    report = json.loads((out / "protocol.json").read_text())
+    assert report["columns"] == ["zero-shot", "2/category"]
+    zero_shot = next(r["metrics"] for r in report["runs"] if r["setting"] == "zero_shot")
+    assert zero_shot["num_questions"] == 12 and 0 <= zero_shot["q2ar"] <= min(zero_shot["q2a"], zero_shot["qa2r"])
+    low_shot = [r for r in report["runs"] if r["setting"] == "2/category"]
+    assert {r["metrics"]["train_examples"] for r in low_shot} == {8}  # 2 categories x 2 questions x (Q->A, QA->R)
+    log = _log(out / "runs" / "mad_2_per_category_seed0")
+    assert {"adapt", "task"} == {r["stage"] for r in log} and "distilled_fraction" in log[-1]
 
 
 def test_vcr_fixture_trains_with_hf_teachers_and_reports_q2a_qa2r_q2ar(
@@ -199,7 +239,7 @@ def test_bad_input_stops_with_one_line(records: list[object], extra: list[str], 
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_demo_data_command_writes_both_tasks_in_the_official_formats(tmp_path: Path) -> None:
+def test_demo_data_command_writes_the_three_tasks_in_the_official_formats(tmp_path: Path) -> None:
     root = tmp_path / "vl_demo"
     assert main(["vl", "demo-data", str(root), "--num-train", "6", "--num-val", "2", "--image-size", "32"]) == 0
     from mmd2v2.vl.config import vl_config_from_dict
@@ -210,4 +250,8 @@ def test_demo_data_command_writes_both_tasks_in_the_official_formats(tmp_path: P
     assert all(e.image.is_file() and len(e.answers) == 10 for e in vqa.train.examples)
     ve = load_task(vl_config_from_dict({}, _demo_snli_ve(root)).task)
     assert [e.label for e in ve.train.examples] == [0, 2, 1] * 6  # one statement per label and image
+    vcr = load_task(vl_config_from_dict({}, _demo_vcr(root)).task)
+    assert len(vcr.train.examples) == 12 and len(vcr.val.examples) == 4 and vcr.train.skipped == {}
+    assert [e.mode for e in vcr.train.examples[:2]] == ["q2a", "qa2r"] and all(e.image.is_file() for e in vcr.train.examples)
+    assert {e.group for e in vcr.train.examples} <= {"activity", "scene"}  # "what color ..." and "where is ..."
     assert main(["vl", "demo-data", str(root), "--num-train", "6", "--num-val", "2", "--image-size", "32"]) == 0

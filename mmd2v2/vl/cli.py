@@ -19,6 +19,10 @@ def add_vl_arguments(parser: argparse.ArgumentParser) -> None:
         action.add_argument("--output-dir", type=Path, help="run folder (default: trainer.output_dir)")
         action.add_argument("--dump-config", action="store_true", help="print the resolved config and exit")
         action.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        if name == "protocol":
+            action.add_argument("--fresh", action="store_true",
+                                help="retrain every run (default: reuse runs of OUTPUT_DIR/runs that finished with "
+                                     "the same settings, so an interrupted protocol goes on where it stopped)")
     evaluate = actions.add_parser("eval", help="evaluate a finetuned model (RUN/model) on a task split")
     evaluate.add_argument("--run", type=Path, required=True, help="run folder written by `vl train`")
     evaluate.add_argument("--json", type=Path, help="also write the metrics here")
@@ -26,7 +30,7 @@ def add_vl_arguments(parser: argparse.ArgumentParser) -> None:
                           help="overrides of the run's config, e.g. task.val.records=other.jsonl")
     demo = actions.add_parser("demo-data", help="write the VL demo task files and images into OUT_DIR")
     demo.add_argument("out_dir", type=Path)
-    demo.add_argument("--num-train", type=int, default=1500, help="training images (3 questions, 3 statements each)")
+    demo.add_argument("--num-train", type=int, default=1500, help="training images (3 questions, 3 statements, 1 VCR record each)")
     demo.add_argument("--num-val", type=int, default=300, help="validation images")
     demo.add_argument("--image-size", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
@@ -54,7 +58,7 @@ def run_vl(args: argparse.Namespace) -> int:
     if args.vl_action == "protocol":
         from mmd2v2.vl.protocols import run_protocol
 
-        run_protocol(cfg, output_dir)
+        run_protocol(cfg, output_dir, reuse=not args.fresh)
         print(f"table: {output_dir / 'protocol.md'} and {output_dir / 'protocol.json'}")
         return 0
     from mmd2v2.vl.train import train_vl

@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mmd2v2.models.pretrained import load_pretrained
 from mmd2v2.vl.batches import BatchCollator
 from mmd2v2.vl.config import VLConfig, vl_config_from_dict, vl_config_to_dict
@@ -69,14 +71,37 @@ def format_table(task: str, results: dict[str, dict[str, dict[str, float]]], col
     return f"{task} {MAIN_METRIC[task]} (%), mean (variance, seeds) on the validation split\n\n" + "\n".join(lines) + "\n"
 
 
+# settings that name a run (its folder) or do not change its result: a finished run is reused across them
+_NOT_COMPARED = {"trainer": ("output_dir", "progress_bar", "log_every", "eval_batch_size"),
+                 "protocol": ("settings", "shots", "seeds", "methods", "full_seeds")}
+
+
+def _compared(settings: dict[str, Any]) -> dict[str, Any]:
+    return {section: ({k: v for k, v in values.items() if k not in _NOT_COMPARED.get(section, ())}
+                      if isinstance(values, dict) else values) for section, values in settings.items()}
+
+
+def finished_run(folder: Path, cfg: VLConfig) -> dict[str, Any] | None:
+    """The metrics of a run that finished in `folder` with the settings of `cfg`, else None."""
+    metrics, settings = folder / "metrics.json", folder / "config.yaml"
+    if not (metrics.is_file() and settings.is_file()):
+        return None
+    try:
+        same = _compared(yaml.safe_load(settings.read_text())) == _compared(vl_config_to_dict(cfg))
+        return json.loads(metrics.read_text()) if same else None
+    except (yaml.YAMLError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
 
 
-def run_protocol(cfg: VLConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run the configured settings x methods x seeds; write protocol.json and protocol.md into `output_dir`."""
+def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> dict[str, Any]:
+    """Run the configured settings x methods x seeds; write protocol.json and protocol.md into `output_dir`.
+    With `reuse`, a run that already finished in `output_dir/runs/` with the same settings is not trained again."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(cfg.task)
@@ -106,8 +131,12 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path) -> dict[str, Any]:
                 subset = None if shots is None else low_shot_subset(task.name, task.train.examples, shots, seed,
                                                                     cfg.protocol.questions_per_image)
                 name = f"{method}_{label.replace('/', '_per_')}_seed{seed}"
-                metrics = train_vl(run_cfg, out / "runs" / name, task, subset)
-                print(f"{name}: {main} {metrics[main]:.2f} ({metrics['train_examples']} training examples)", flush=True)
+                metrics = finished_run(out / "runs" / name, run_cfg) if reuse else None
+                reused = metrics is not None
+                if metrics is None:
+                    metrics = train_vl(run_cfg, out / "runs" / name, task, subset)
+                print(f"{name}: {main} {metrics[main]:.2f} ({metrics['train_examples']} training examples"
+                      f"{', finished earlier' if reused else ''})", flush=True)
                 runs.append({"setting": label, "method": method, "seed": seed, "metrics": metrics})
                 values.append(metrics[main])
             results.setdefault(method, {})[label] = summarise(values)

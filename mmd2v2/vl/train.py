@@ -164,6 +164,7 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)  # metrics.json marks a finished run: never a stale one
         (out / "train_log.jsonl").write_text("")
         dump_vl_config(cfg, out / "config.yaml")
     runner = StageRunner(cfg, student, parts.preprocess, collator, out)
