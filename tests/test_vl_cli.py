@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_TEXT, TINY_VISION
 from transformers import BertConfig, BertModel
 from vl_files import vcr_record, vqa_annotation, write_image, write_jsonl, write_vqa
@@ -255,3 +256,49 @@ def test_demo_data_command_writes_the_three_tasks_in_the_official_formats(tmp_pa
     assert [e.mode for e in vcr.train.examples[:2]] == ["q2a", "qa2r"] and all(e.image.is_file() for e in vcr.train.examples)
     assert {e.group for e in vcr.train.examples} <= {"activity", "scene"}  # "what color ..." and "where is ..."
     assert main(["vl", "demo-data", str(root), "--num-train", "6", "--num-val", "2", "--image-size", "32"]) == 0
+
+
+def test_an_interrupted_run_resumes_to_the_same_model_as_an_uninterrupted_one(
+        demo: Path, export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import load_file
+
+    from mmd2v2.vl.config import load_vl_config
+    from mmd2v2.vl.objective import VLObjective
+    from mmd2v2.vl.train import train_vl
+
+    settings = [*_demo_vqa(demo), f"student.init_from={export_dir}", "teachers.vision.kind=mmd2v2",
+                f"teachers.vision.pretrained={export_dir}", "teachers.text.kind=mmd2v2",
+                f"teachers.text.pretrained={export_dir}", "distill.vision=true", "distill.text=true",
+                "distill.token_selection=random", "adaptive.enabled=true", "adaptive.epochs=0.1",  # 2 adapt steps
+                "trainer.checkpoint_every=3", *_trainer(**{"trainer.max_steps": 5})]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["vl", "train", "--output-dir", str(whole), *settings]) == 0
+    assert not (whole / "resume").exists()  # a finished run keeps its model, not its training state
+
+    task_step, calls = VLObjective.task_step, []
+
+    def dies_at_the_fourth_task_step(self: VLObjective, batch: object) -> object:
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("killed")
+        return task_step(self, batch)
+
+    monkeypatch.setattr(VLObjective, "task_step", dies_at_the_fourth_task_step)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_vl(load_vl_config(None, settings), parts)
+    monkeypatch.setattr(VLObjective, "task_step", task_step)
+    assert (parts / "resume").is_dir() and not (parts / "metrics.json").exists()
+    capsys.readouterr()
+    assert main(["vl", "train", "--output-dir", str(parts), "--resume", *settings]) == 0
+    assert "resuming stage 'task' at step 1 (step 3 of the run)" in capsys.readouterr().out
+    for name in ("backbone/model.safetensors", "head.safetensors"):
+        a, b = load_file(str(whole / "model" / name)), load_file(str(parts / "model" / name))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    assert [r["step"] for r in _log(parts)] == [1, 2, 3, 4, 5, 4, 5, 6, 7]  # steps 4-5 were lost and redone
+    assert json.loads((parts / "metrics.json").read_text())["vqa_accuracy"] == pytest.approx(
+        json.loads((whole / "metrics.json").read_text())["vqa_accuracy"])
+
+    other = ["vl", "train", "--output-dir", str(parts), "--resume", *settings, "optim.lr=0.5"]
+    (parts / "resume").mkdir()
+    assert main(other) == 2 and "trains something else" in capsys.readouterr().err

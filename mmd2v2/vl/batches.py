@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.preprocessing import ImagePreprocessor
@@ -73,9 +74,32 @@ class BatchCollator:
         return VLBatch(examples, pixels, texts, image_index, tokens, len(items) - len(good))
 
 
+class SkippableBatches(Sampler[list[int]]):
+    """The batches of `batches` (a BatchSampler); after `skip(n)` the next pass leaves out its first n batches
+    without loading their examples (how a resumed run gets back to its place in the data)."""
+
+    def __init__(self, batches: Sampler[list[int]]) -> None:
+        self.batches, self.to_skip = batches, 0
+
+    def skip(self, count: int) -> None:
+        """Leave out the first `count` batches of the next pass."""
+        self.to_skip = count
+
+    def __iter__(self) -> Iterator[list[int]]:
+        count, self.to_skip = self.to_skip, 0
+        for index, batch in enumerate(self.batches):
+            if index >= count:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
 def example_loader(examples: list[VLExample], preprocess: ImagePreprocessor, collator: BatchCollator, batch_size: int,
                    shuffle: bool, seed: int, cache: bool = True) -> DataLoader[VLBatch]:
-    """A loader over `examples` (seeded shuffling when `shuffle`)."""
+    """A loader over `examples` (seeded shuffling when `shuffle`); its batch sampler can skip batches on resume."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(ExampleImages(examples, preprocess, cache), batch_size=batch_size, shuffle=shuffle,
+    dataset = ExampleImages(examples, preprocess, cache)
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_sampler=SkippableBatches(BatchSampler(order, batch_size, drop_last=False)),
                       generator=generator, collate_fn=collator, num_workers=0)

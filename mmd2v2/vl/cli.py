@@ -19,6 +19,10 @@ def add_vl_arguments(parser: argparse.ArgumentParser) -> None:
         action.add_argument("--output-dir", type=Path, help="run folder (default: trainer.output_dir)")
         action.add_argument("--dump-config", action="store_true", help="print the resolved config and exit")
         action.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        if name == "train":
+            action.add_argument("--resume", action="store_true",
+                                help="go on from the training state the run saved in OUTPUT_DIR/resume/ "
+                                     "(every trainer.checkpoint_every steps)")
         if name == "protocol":
             action.add_argument("--fresh", action="store_true",
                                 help="retrain every run (default: reuse runs of OUTPUT_DIR/runs that finished with "
@@ -63,7 +67,7 @@ def run_vl(args: argparse.Namespace) -> int:
         return 0
     from mmd2v2.vl.train import train_vl
 
-    metrics = train_vl(cfg, output_dir)
+    metrics = train_vl(cfg, output_dir, resume=args.resume)
     _print_metrics(metrics)
     print(f"run folder: {output_dir}")
     return 0

@@ -111,6 +111,7 @@ class VLTrainerConfig:
     log_every: int = 10
     progress_bar: bool = True
     device: str = "cpu"
+    checkpoint_every: int | None = 2000  # optimizer steps between saves of RUN/resume/ (`vl train --resume`); None: never
 
 
 @dataclass
@@ -171,3 +172,21 @@ def dump_vl_config(config: VLConfig, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(vl_config_to_dict(config), sort_keys=False))
     tmp.replace(path)
+
+
+# settings that name a run (its folder) or do not change what it trains: two runs that differ only here are the same
+_NOT_COMPARED = {"trainer": ("output_dir", "progress_bar", "log_every", "eval_batch_size", "checkpoint_every"),
+                 "protocol": ("settings", "shots", "seeds", "methods", "full_seeds")}
+
+
+def _compared(settings: dict[str, Any]) -> dict[str, Any]:
+    return {section: ({k: v for k, v in values.items() if k not in _NOT_COMPARED.get(section, ())}
+                      if isinstance(values, dict) else values) for section, values in settings.items()}
+
+
+def same_run_settings(path: str | Path, config: VLConfig) -> bool:
+    """Whether the config.yaml at `path` (a run folder's) trains what `config` trains; False when it is unreadable."""
+    try:
+        return _compared(yaml.safe_load(Path(path).read_text())) == _compared(vl_config_to_dict(config))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False

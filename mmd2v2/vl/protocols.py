@@ -12,11 +12,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmd2v2.models.pretrained import load_pretrained
 from mmd2v2.vl.batches import BatchCollator
-from mmd2v2.vl.config import VLConfig, vl_config_from_dict, vl_config_to_dict
+from mmd2v2.vl.config import VLConfig, same_run_settings, vl_config_from_dict, vl_config_to_dict
 from mmd2v2.vl.methods import method_overrides
 from mmd2v2.vl.sampling import low_shot_subset
 from mmd2v2.vl.student import export_folder
@@ -71,25 +69,14 @@ def format_table(task: str, results: dict[str, dict[str, dict[str, float]]], col
     return f"{task} {MAIN_METRIC[task]} (%), mean (variance, seeds) on the validation split\n\n" + "\n".join(lines) + "\n"
 
 
-# settings that name a run (its folder) or do not change its result: a finished run is reused across them
-_NOT_COMPARED = {"trainer": ("output_dir", "progress_bar", "log_every", "eval_batch_size"),
-                 "protocol": ("settings", "shots", "seeds", "methods", "full_seeds")}
-
-
-def _compared(settings: dict[str, Any]) -> dict[str, Any]:
-    return {section: ({k: v for k, v in values.items() if k not in _NOT_COMPARED.get(section, ())}
-                      if isinstance(values, dict) else values) for section, values in settings.items()}
-
-
 def finished_run(folder: Path, cfg: VLConfig) -> dict[str, Any] | None:
     """The metrics of a run that finished in `folder` with the settings of `cfg`, else None."""
-    metrics, settings = folder / "metrics.json", folder / "config.yaml"
-    if not (metrics.is_file() and settings.is_file()):
+    metrics = folder / "metrics.json"
+    if not (metrics.is_file() and same_run_settings(folder / "config.yaml", cfg)):
         return None
     try:
-        same = _compared(yaml.safe_load(settings.read_text())) == _compared(vl_config_to_dict(cfg))
-        return json.loads(metrics.read_text()) if same else None
-    except (yaml.YAMLError, json.JSONDecodeError, AttributeError):
+        return json.loads(metrics.read_text())
+    except json.JSONDecodeError:
         return None
 
 
@@ -133,8 +120,9 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
                 name = f"{method}_{label.replace('/', '_per_')}_seed{seed}"
                 metrics = finished_run(out / "runs" / name, run_cfg) if reuse else None
                 reused = metrics is not None
-                if metrics is None:
-                    metrics = train_vl(run_cfg, out / "runs" / name, task, subset)
+                if metrics is None:  # an interrupted run with the same settings continues from its saved state
+                    metrics = train_vl(run_cfg, out / "runs" / name, task, subset,
+                                       resume=reuse and same_run_settings(out / "runs" / name / "config.yaml", run_cfg))
                 print(f"{name}: {main} {metrics[main]:.2f} ({metrics['train_examples']} training examples"
                       f"{', finished earlier' if reused else ''})", flush=True)
                 runs.append({"setting": label, "method": method, "seed": seed, "metrics": metrics})

@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.train.engine import parameter_groups
-from mmd2v2.train.loop import MetricWindow, seed_everything
+from mmd2v2.train.loop import MetricWindow, restore_rng_state, rng_state, seed_everything
 from mmd2v2.train.schedule import WarmupCosine
-from mmd2v2.vl.batches import BatchCollator, VLBatch, example_loader
+from mmd2v2.vl.batches import BatchCollator, SkippableBatches, VLBatch, example_loader
 from mmd2v2.vl.checkpoint import save_vl_model
-from mmd2v2.vl.config import VLConfig, dump_vl_config
+from mmd2v2.vl.config import VLConfig, dump_vl_config, same_run_settings
 from mmd2v2.vl.objective import VLObjective
+from mmd2v2.vl.resume import RESUME, Position, SavedRun, load_run_state, remove_run_state, save_run_state
 from mmd2v2.vl.student import VLStudent, build_backbone
 from mmd2v2.vl.tasks import MAIN_METRIC, TaskData, load_task, task_metrics
 from mmd2v2.vl.tasks.base import VLExample
@@ -64,18 +65,20 @@ def evaluate_examples(student: VLStudent, task: TaskData, examples: list[VLExamp
 
 
 class StageRunner:
-    """Runs training stages with AdamW + warm-up/cosine, logging to train_log.jsonl and TensorBoard."""
+    """Runs training stages with AdamW + warm-up/cosine, logging to train_log.jsonl and TensorBoard, and saving the
+    training state to RUN/resume/ every `trainer.checkpoint_every` steps."""
 
     def __init__(self, cfg: VLConfig, student: VLStudent, preprocess: ImagePreprocessor, collator: BatchCollator,
-                 output_dir: Path | None) -> None:
+                 output_dir: Path | None, objective_rng: torch.Generator) -> None:
         self.cfg, self.student, self.preprocess, self.collator = cfg, student, preprocess, collator
-        self.output_dir = output_dir
+        self.output_dir, self.objective_rng = output_dir, objective_rng
         self.writer = SummaryWriter(str(output_dir / "tb")) if output_dir is not None else None
         self.global_step, self.skipped = 0, 0
 
     def run(self, name: str, step_fn: Step, examples: list[VLExample], epochs: float, max_steps: int | None,
-            seed: int) -> None:
-        """Train for `epochs` (or `max_steps`) over `examples` with `step_fn`'s loss (`seed` shuffles)."""
+            seed: int, saved: SavedRun | None = None) -> None:
+        """Train for `epochs` (or `max_steps`) over `examples` with `step_fn`'s loss (`seed` shuffles); from `saved`
+        (a state of this stage), go on where it stopped."""
         cfg = self.cfg.trainer
         per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
         total = max_steps or max(1, math.ceil(epochs * per_epoch))
@@ -85,12 +88,21 @@ class StageRunner:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         loader = example_loader(examples, self.preprocess, self.collator, cfg.batch_size, True, seed,
                                 self.cfg.task.cache_images)
-        window, step = MetricWindow(), 0
-        bar = tqdm(total=total, desc=name, unit="step", disable=not cfg.progress_bar)
+        generator = loader.generator
+        assert generator is not None and isinstance(loader.batch_sampler, SkippableBatches)
+        window, step, batches = MetricWindow(), 0, 0
+        if saved is not None:
+            optimizer.load_state_dict(saved.optimizer)
+            scheduler.load_state_dict(saved.scheduler)
+            generator.set_state(saved.pass_rng)
+            loader.batch_sampler.skip(saved.position.batches)
+            step, batches = saved.position.step, saved.position.batches
+        bar = tqdm(total=total, initial=step, desc=name, unit="step", disable=not cfg.progress_bar)
         self.student.train()
         while step < total:
-            epoch_start = step
+            pass_rng, pass_start, resumed_pass = generator.get_state(), step, batches > 0
             for batch in loader:
+                batches += 1
                 self.skipped += batch.skipped
                 if len(batch.examples) < 2:
                     continue
@@ -106,12 +118,22 @@ class StageRunner:
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == total:
                     self._log(name, window.means(), scheduler.get_last_lr()[0])
+                if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                    self._save(Position(name, step, self.global_step, batches, self.skipped), optimizer, scheduler,
+                               pass_rng)
                 if step >= total:
                     break
-            if step == epoch_start:
+            if step == pass_start and not resumed_pass:
                 raise ValueError(f"{name}: no batch with two or more decodable examples (check the images and "
                                  "trainer.batch_size)")
+            batches = 0
         bar.close()
+
+    def _save(self, position: Position, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler, pass_rng: Tensor) -> None:
+        if self.output_dir is not None:
+            save_run_state(self.output_dir, self.student, position, optimizer, scheduler, rng_state(),
+                           self.objective_rng.get_state(), pass_rng)
 
     def _log(self, stage: str, means: dict[str, float], lr: float) -> None:
         if self.output_dir is None or self.writer is None:
@@ -130,8 +152,9 @@ class StageRunner:
 
 
 def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None = None,
-             train_examples: list[VLExample] | None = None) -> dict[str, Any]:
-    """Train and evaluate one run; with `output_dir`, write the run folder. Returns the metrics."""
+             train_examples: list[VLExample] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate one run; with `output_dir`, write the run folder. Returns the metrics. With `resume`, a run
+    that saved its training state in `output_dir` (and has the same settings) goes on from there."""
     started = time.perf_counter()
     seed_everything(cfg.trainer.seed)
     task = task or load_task(cfg.task)
@@ -162,16 +185,24 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
     objective = VLObjective(distill, adaptive, task, student, teachers, scorer, parts.tokenizer, cfg.task.max_text_length,
                             cfg.trainer.seed)
     out = Path(output_dir) if output_dir is not None else None
+    saved = _resumed_state(out, cfg, student) if resume and out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)  # metrics.json marks a finished run: never a stale one
-        (out / "train_log.jsonl").write_text("")
+        if saved is None:
+            (out / "train_log.jsonl").write_text("")
         dump_vl_config(cfg, out / "config.yaml")
-    runner = StageRunner(cfg, student, parts.preprocess, collator, out)
-    if adaptive.enabled:
+    runner = StageRunner(cfg, student, parts.preprocess, collator, out, objective.generator)
+    if saved is not None:
+        restore_rng_state(saved.rng)
+        objective.generator.set_state(saved.objective_rng)
+        runner.global_step, runner.skipped = saved.position.global_step, saved.position.skipped
+    stage = saved.position.stage if saved is not None else None
+    if adaptive.enabled and stage != "task":
         runner.run("adapt", objective.adapt_step, task.train.examples if adaptive.full_data else examples,
-                   adaptive.epochs, None, cfg.trainer.seed + 1)
-    runner.run("task", objective.task_step, examples, cfg.trainer.epochs, cfg.trainer.max_steps, cfg.trainer.seed)
+                   adaptive.epochs, None, cfg.trainer.seed + 1, saved if stage == "adapt" else None)
+    runner.run("task", objective.task_step, examples, cfg.trainer.epochs, cfg.trainer.max_steps, cfg.trainer.seed,
+               saved if stage == "task" else None)
     runner.close()
     metrics = evaluate_examples(student, task, task.val.examples, parts.preprocess, collator,
                                 cfg.trainer.eval_batch_size, cfg.trainer.device, cfg.trainer.progress_bar)
@@ -185,4 +216,20 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
         tmp = out / ".metrics.json.tmp"
         tmp.write_text(json.dumps(metrics, indent=2))
         tmp.replace(out / "metrics.json")
+        remove_run_state(out)
     return metrics
+
+
+def _resumed_state(out: Path, cfg: VLConfig, student: VLStudent) -> SavedRun | None:
+    """The saved training state of the run in `out`, loaded into `student` (None, with a message, when there is none)."""
+    if not (out / RESUME).is_dir():
+        print(f"no saved training state in '{out}': starting from step 0", flush=True)
+        return None
+    if not same_run_settings(out / "config.yaml", cfg):
+        raise ValueError(f"--resume: '{out / 'config.yaml'}' trains something else than these settings (compare with "
+                         "--dump-config); resume with the same config, or use a new --output-dir")
+    saved = load_run_state(out, student)
+    if saved is not None:
+        print(f"resuming stage '{saved.position.stage}' at step {saved.position.step} "
+              f"(step {saved.position.global_step} of the run)", flush=True)
+    return saved
