@@ -302,3 +302,17 @@ def test_an_interrupted_run_resumes_to_the_same_model_as_an_uninterrupted_one(
     other = ["vl", "train", "--output-dir", str(parts), "--resume", *settings, "optim.lr=0.5"]
     (parts / "resume").mkdir()
     assert main(other) == 2 and "trains something else" in capsys.readouterr().err
+
+
+def test_loader_workers_train_the_same_model(demo: Path, export_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    runs = {}
+    for workers in (0, 2):
+        runs[workers] = tmp_path / f"workers{workers}"
+        assert main(["vl", "train", "--output-dir", str(runs[workers]), *_demo_snli_ve(demo),
+                     f"student.init_from={export_dir}", f"trainer.num_workers={workers}", *_trainer()]) == 0
+    a, b = (load_file(str(runs[w] / "model" / "head.safetensors")) for w in (0, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (json.loads((runs[0] / "metrics.json").read_text())["accuracy"]
+            == json.loads((runs[2] / "metrics.json").read_text())["accuracy"])

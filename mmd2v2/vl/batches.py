@@ -96,10 +96,12 @@ class SkippableBatches(Sampler[list[int]]):
 
 
 def example_loader(examples: list[VLExample], preprocess: ImagePreprocessor, collator: BatchCollator, batch_size: int,
-                   shuffle: bool, seed: int, cache: bool = True) -> DataLoader[VLBatch]:
-    """A loader over `examples` (seeded shuffling when `shuffle`); its batch sampler can skip batches on resume."""
+                   shuffle: bool, seed: int, cache: bool = False, workers: int = 0) -> DataLoader[VLBatch]:
+    """A loader over `examples` (seeded shuffling when `shuffle`); its batch sampler can skip batches on resume.
+    `workers` processes decode and tokenise (same batches, same order); decoded images are kept in memory across
+    passes only with `cache` and no workers (a worker's memory is gone after each pass)."""
     generator = torch.Generator().manual_seed(seed)
-    dataset = ExampleImages(examples, preprocess, cache)
+    dataset = ExampleImages(examples, preprocess, cache and workers == 0)
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, batch_sampler=SkippableBatches(BatchSampler(order, batch_size, drop_last=False)),
-                      generator=generator, collate_fn=collator, num_workers=0)
+                      generator=generator, collate_fn=collator, num_workers=workers)

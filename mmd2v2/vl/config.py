@@ -37,7 +37,7 @@ class TaskConfig:
     max_answers: int = 3129  # VQA: at most this many answers (most frequent first)
     max_text_length: int = 64
     on_bad_record: Literal["error", "skip"] = "error"  # malformed record: stop naming it, or skip and count
-    cache_images: bool = True  # keep decoded images in memory across epochs (small sets)
+    cache_images: bool = True  # keep decoded training images in memory across epochs (small sets; no loader workers)
 
 
 @dataclass
@@ -111,6 +111,7 @@ class VLTrainerConfig:
     log_every: int = 10
     progress_bar: bool = True
     device: str = "cpu"
+    num_workers: int = 0  # loader processes decoding images and tokenising (training, evaluation, zero-shot)
     checkpoint_every: int | None = 2000  # optimizer steps between saves of RUN/resume/ (`vl train --resume`); None: never
 
 
@@ -175,7 +176,8 @@ def dump_vl_config(config: VLConfig, path: str | Path) -> None:
 
 
 # settings that name a run (its folder) or do not change what it trains: two runs that differ only here are the same
-_NOT_COMPARED = {"trainer": ("output_dir", "progress_bar", "log_every", "eval_batch_size", "checkpoint_every"),
+_NOT_COMPARED = {"trainer": ("output_dir", "progress_bar", "log_every", "eval_batch_size", "checkpoint_every",
+                             "num_workers"),
                  "protocol": ("settings", "shots", "seeds", "methods", "full_seeds")}
 
 

@@ -43,7 +43,7 @@ def run_zero_shot(cfg: VLConfig, task: TaskData) -> dict[str, float]:
     scorer = ZeroShotScorer(dual, task, cfg.teachers.zero_shot_logit_scale)
     collator = BatchCollator(bundle.tokenizer, cfg.task.max_text_length)
     return zero_shot_evaluate(scorer, task.val.examples, bundle.preprocess, collator, cfg.trainer.eval_batch_size,
-                              cfg.trainer.progress_bar)
+                              cfg.trainer.progress_bar, cfg.trainer.num_workers)
 
 
 def with_overrides(cfg: VLConfig, overrides: list[str]) -> VLConfig:

@@ -39,11 +39,11 @@ Step = Callable[[VLBatch], tuple[Tensor, dict[str, Tensor]]]
 
 @torch.no_grad()
 def predict(student: VLStudent, examples: list[VLExample], preprocess: ImagePreprocessor, collator: BatchCollator,
-            batch_size: int, device: str, progress: bool = False) -> tuple[list[VLExample], Tensor, int]:
+            batch_size: int, device: str, progress: bool = False, workers: int = 0) -> tuple[list[VLExample], Tensor, int]:
     """Logits of every example whose image decodes (VCR: (B, 4) choice scores); also the count left out."""
     student.eval()
     kept, logits, skipped = [], [], 0
-    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0, cache=False),
+    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
                       desc="evaluate", unit="batch", disable=not progress):
         skipped += batch.skipped
         if not batch.examples:
@@ -58,9 +58,10 @@ def predict(student: VLStudent, examples: list[VLExample], preprocess: ImagePrep
 
 
 def evaluate_examples(student: VLStudent, task: TaskData, examples: list[VLExample], preprocess: ImagePreprocessor,
-                      collator: BatchCollator, batch_size: int, device: str, progress: bool) -> dict[str, float]:
+                      collator: BatchCollator, batch_size: int, device: str, progress: bool,
+                      workers: int = 0) -> dict[str, float]:
     """The task's metrics on `examples`, plus how many were left out for undecodable images."""
-    kept, logits, skipped = predict(student, examples, preprocess, collator, batch_size, device, progress)
+    kept, logits, skipped = predict(student, examples, preprocess, collator, batch_size, device, progress, workers)
     return {**task_metrics(task.name, kept, logits, task.classes), "skipped_images": float(skipped)}
 
 
@@ -87,7 +88,7 @@ class StageRunner:
         schedule = WarmupCosine(total, round(self.cfg.optim.warmup_fraction * total), self.cfg.optim.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         loader = example_loader(examples, self.preprocess, self.collator, cfg.batch_size, True, seed,
-                                self.cfg.task.cache_images)
+                                self.cfg.task.cache_images, cfg.num_workers)
         generator = loader.generator
         assert generator is not None and isinstance(loader.batch_sampler, SkippableBatches)
         window, step, batches = MetricWindow(), 0, 0
@@ -181,7 +182,7 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
         scorer = ZeroShotScorer(teachers.dual.to(cfg.trainer.device), task, cfg.teachers.zero_shot_logit_scale)
         if task.name == "snli_ve":
             scorer.fit_anchors(collect_similarities(scorer, task.train.examples, parts.preprocess, collator,
-                                                    cfg.trainer.eval_batch_size, False))
+                                                    cfg.trainer.eval_batch_size, False, cfg.trainer.num_workers))
     objective = VLObjective(distill, adaptive, task, student, teachers, scorer, parts.tokenizer, cfg.task.max_text_length,
                             cfg.trainer.seed)
     out = Path(output_dir) if output_dir is not None else None
@@ -205,7 +206,8 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
                saved if stage == "task" else None)
     runner.close()
     metrics = evaluate_examples(student, task, task.val.examples, parts.preprocess, collator,
-                                cfg.trainer.eval_batch_size, cfg.trainer.device, cfg.trainer.progress_bar)
+                                cfg.trainer.eval_batch_size, cfg.trainer.device, cfg.trainer.progress_bar,
+                                cfg.trainer.num_workers)
     metrics.update({"main_metric": MAIN_METRIC[task.name], "train_examples": len(examples),
                     "skipped_train_images": runner.skipped, "skipped_train_records": task.train.skipped,
                     "skipped_val_records": task.val.skipped, "seconds": round(time.perf_counter() - started, 1)})

@@ -75,24 +75,24 @@ class ZeroShotScorer:
 
 
 def collect_similarities(scorer: ZeroShotScorer, examples: list[VLExample], preprocess: ImagePreprocessor,
-                         collator: BatchCollator, batch_size: int, progress: bool) -> Tensor:
+                         collator: BatchCollator, batch_size: int, progress: bool, workers: int = 0) -> Tensor:
     """Image-text cosine of every text of `examples`, in order."""
     out = []
-    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0), desc="similarities",
-                      disable=not progress):
+    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
+                      desc="similarities", disable=not progress):
         if batch.examples:
             out.append(scorer.similarities(batch).cpu())
     return torch.cat(out)
 
 
 def zero_shot_evaluate(scorer: ZeroShotScorer, examples: list[VLExample], preprocess: ImagePreprocessor,
-                       collator: BatchCollator, batch_size: int, progress: bool) -> dict[str, float]:
+                       collator: BatchCollator, batch_size: int, progress: bool, workers: int = 0) -> dict[str, float]:
     """The zero-shot protocol on `examples` (SNLI-VE fits its k-means anchors on them first)."""
     if scorer.task.name == "snli_ve":
-        scorer.fit_anchors(collect_similarities(scorer, examples, preprocess, collator, batch_size, progress))
+        scorer.fit_anchors(collect_similarities(scorer, examples, preprocess, collator, batch_size, progress, workers))
     kept, logits = [], []
-    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0), desc="zero-shot",
-                      disable=not progress):
+    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
+                      desc="zero-shot", disable=not progress):
         if batch.examples:
             kept.extend(batch.examples)
             logits.append(scorer.logits(batch).cpu())
