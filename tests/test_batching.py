@@ -19,7 +19,9 @@ def test_concurrent_queries_are_encoded_together_and_answered_in_place() -> None
     def encode(items: list[int]) -> np.ndarray:
         calls.append(items)
         first_started.set()
-        time.sleep(0.2 if len(calls) == 1 else 0.0)  # the others arrive while the first batch is being encoded
+        deadline = time.monotonic() + 5
+        while len(calls) == 1 and batcher.pending.qsize() < 15 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the first batch is encoded while the 15 others arrive
         return np.array([[item, item * item] for item in items], dtype=np.float32)
 
     batcher: QueryBatcher[int] = QueryBatcher(encode, max_batch=8)
@@ -30,7 +32,7 @@ def test_concurrent_queries_are_encoded_together_and_answered_in_place() -> None
         results = [first.result(5)] + [f.result(5) for f in rest]
     assert [r.tolist() for r in results] == [[n, n * n] for n in range(16)]
     assert calls[0] == [0] and sorted(n for call in calls for n in call) == list(range(16))
-    assert max(len(call) for call in calls) == 8 and len(calls) <= 4  # 15 waiting queries: batches of at most 8
+    assert [len(call) for call in calls] == [1, 8, 7]  # the 15 waiting queries: batches of at most 8
 
 
 def test_a_lone_query_is_not_delayed_and_errors_reach_every_caller() -> None:
