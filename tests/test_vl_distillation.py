@@ -115,3 +115,23 @@ def test_tokens_map_to_whitespace_words_and_pool_by_mean() -> None:
     features = torch.arange(6, dtype=torch.float).view(1, 6, 1).repeat(2, 1, 1)
     pooled, mask = pool_words(features, tokens.word_index, 3)
     assert pooled[0, :, 0].tolist() == [1.0, 2.0, 3.5] and mask.tolist() == [[True] * 3, [True, False, False]]
+
+
+def test_subword_tokens_map_to_their_whitespace_word_and_truncation_is_counted() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, "the": 4, "red": 5, "circ": 6, "##le": 7, "?": 8}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]")
+    texts = ["the red circle? red", "  red   circle"]
+    tokens = tokenize_with_words(tokenizer, texts, 16)
+    assert tokens.word_index.tolist() == [[-1, 0, 1, 2, 2, 2, 3, -1],  # [CLS] the red circ ##le ? red [SEP]
+                                          [-1, 0, 1, 1, -1, -1, -1, -1]]  # [CLS] red circ ##le [SEP] + padding
+    assert tokens.num_words == 4 and tokens.truncated == 0
+    short = tokenize_with_words(tokenizer, texts, 5)
+    assert short.word_index.tolist() == [[-1, 0, 1, 2, -1], [-1, 0, 1, 1, -1]]  # [CLS] the red circ [SEP]
+    assert short.truncated == 1

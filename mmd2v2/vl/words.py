@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
@@ -29,21 +30,21 @@ def tokenize_with_words(tokenizer: PreTrainedTokenizerBase, texts: list[str], ma
         raise ValueError(f"token selection needs a fast tokenizer (with offsets); got {type(tokenizer).__name__}")
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
                         return_offsets_mapping=True)
-    full = tokenizer(texts, truncation=False)["input_ids"]
-    word_index = torch.full(encoded["input_ids"].shape, -1, dtype=torch.long)
+    lengths = tokenizer(texts, truncation=False, return_length=True, return_attention_mask=False)["length"]
+    starts, ends = encoded["offset_mapping"][..., 0].numpy(), encoded["offset_mapping"][..., 1].numpy()
+    tokens = (ends > starts) & encoded["attention_mask"].bool().numpy()  # special tokens and padding have no span
+    word_index = np.full(starts.shape, -1, dtype=np.int64)
     num_words = 0
     for row, text in enumerate(texts):
-        spans = [m.span() for m in WORD.finditer(text)]
+        spans = np.array([m.span() for m in WORD.finditer(text)], dtype=np.int64).reshape(-1, 2)
         num_words = max(num_words, len(spans))
-        for column, (start, end) in enumerate(encoded["offset_mapping"][row].tolist()):
-            if end <= start or not encoded["attention_mask"][row, column]:
-                continue
-            for word, (word_start, word_end) in enumerate(spans):
-                if word_start <= start < word_end:
-                    word_index[row, column] = word
-                    break
-    truncated = sum(len(ids) > max_length for ids in full)
-    return TokenizedTexts(encoded["input_ids"], encoded["attention_mask"], word_index, max(1, num_words), truncated)
+        word = np.searchsorted(spans[:, 1], starts[row], side="right")  # the only word that can hold the token
+        inside = tokens[row] & (word < len(spans))
+        inside[inside] &= spans[word[inside], 0] <= starts[row][inside]
+        word_index[row, inside] = word[inside]
+    truncated = sum(length > max_length for length in lengths)
+    return TokenizedTexts(encoded["input_ids"], encoded["attention_mask"], torch.from_numpy(word_index),
+                          max(1, num_words), truncated)
 
 
 def pool_words(token_features: Tensor, word_index: Tensor, num_words: int) -> tuple[Tensor, Tensor]:
