@@ -65,7 +65,7 @@ def load_run_state(run: Path, student: torch.nn.Module) -> SavedRun | None:
         return None
     try:
         position = Position(**json.loads((folder / POSITION).read_text()))
-        state = torch.load(folder / STATE, weights_only=True)
+        state = torch.load(folder / STATE, map_location="cpu", weights_only=True)  # AdamW moves its state to the params
     except (OSError, ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"'{folder}': unreadable training state ({error})") from error
     missing, unexpected = load_model(student, str(folder / STUDENT), strict=False)
