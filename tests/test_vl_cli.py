@@ -316,3 +316,26 @@ def test_loader_workers_train_the_same_model(demo: Path, export_dir: Path, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (json.loads((runs[0] / "metrics.json").read_text())["accuracy"]
             == json.loads((runs[2] / "metrics.json").read_text())["accuracy"])
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_auto_means_fp32_on_the_cpu(
+        demo: Path, export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmd2v2.vl.train import uses_bf16
+
+    assert not uses_bf16("cpu", "auto") and uses_bf16("cpu", "bf16") and not uses_bf16("cuda", "fp32")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert uses_bf16("cuda", "auto")
+    monkeypatch.undo()
+    logs = {}
+    for precision in ("fp32", "bf16"):
+        run = tmp_path / precision
+        assert main(["vl", "train", "--output-dir", str(run), *_demo_vqa(demo), f"student.init_from={export_dir}",
+                     "teachers.vision.kind=hf", "teachers.vision.family=beit",
+                     "teachers.vision.config=" + json.dumps(dict(TINY_VISION, hidden_size=24)), "distill.vision=true",
+                     f"trainer.precision={precision}", *_trainer()]) == 0
+        logs[precision] = _log(run)
+        assert 0 <= json.loads((run / "metrics.json").read_text())["vqa_accuracy"] <= 100
+    for key in ("task", "distill_vision"):
+        assert logs["bf16"][0][key] == pytest.approx(logs["fp32"][0][key], rel=0.05)
+    assert logs["bf16"][0]["task"] != logs["fp32"][0]["task"]  # bf16 really ran

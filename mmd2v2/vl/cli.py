@@ -86,7 +86,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     task = load_task(cfg.task, with_train=False, vocabulary=info["classes"] if info["name"] == "vqa" else None)
     metrics = evaluate_examples(student.to(cfg.trainer.device), task, task.val.examples, preprocess,
                                 BatchCollator(tokenizer, info["max_text_length"]), cfg.trainer.eval_batch_size,
-                                cfg.trainer.device, cfg.trainer.progress_bar, cfg.trainer.num_workers)
+                                cfg.trainer.device, cfg.trainer.progress_bar, cfg.trainer.num_workers,
+                                cfg.trainer.precision)
     metrics["skipped_records"] = sum(task.val.skipped.values())
     _print_metrics(metrics)
     if args.json:

@@ -111,6 +111,7 @@ class VLTrainerConfig:
     log_every: int = 10
     progress_bar: bool = True
     device: str = "cpu"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA GPUs that have it, else fp32
     num_workers: int = 0  # loader processes decoding images and tokenising (training, evaluation, zero-shot)
     checkpoint_every: int | None = 2000  # optimizer steps between saves of RUN/resume/ (`vl train --resume`); None: never
 

@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mmd2v2.data.preprocessing import ImagePreprocessor
-from mmd2v2.train.engine import parameter_groups
+from mmd2v2.train.engine import parameter_groups, resolved_precision
 from mmd2v2.train.loop import MetricWindow, restore_rng_state, rng_state, seed_everything
 from mmd2v2.train.schedule import WarmupCosine
 from mmd2v2.vl.batches import BatchCollator, SkippableBatches, VLBatch, example_loader
@@ -31,15 +31,26 @@ from mmd2v2.vl.resume import RESUME, Position, SavedRun, load_run_state, remove_
 from mmd2v2.vl.student import VLStudent, build_backbone
 from mmd2v2.vl.tasks import MAIN_METRIC, TaskData, load_task, task_metrics
 from mmd2v2.vl.tasks.base import VLExample
-from mmd2v2.vl.teachers import build_teachers
+from mmd2v2.vl.teachers import HFImageTeacher, build_teachers
 from mmd2v2.vl.zero_shot import ZeroShotScorer, collect_similarities
 
 Step = Callable[[VLBatch], tuple[Tensor, dict[str, Tensor]]]
 
 
+def uses_bf16(device: str, precision: str) -> bool:
+    """Whether `precision` ('auto', 'bf16', 'fp32') means bf16 on `device` (auto: on CUDA GPUs that have it)."""
+    return resolved_precision(precision) == "bf16" if torch.device(device).type == "cuda" else precision == "bf16"
+
+
+def autocast(device: str, precision: str) -> torch.autocast:
+    """bf16 autocast on `device` when `precision` means bf16 there, else a context that changes nothing."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
+
+
 @torch.no_grad()
 def predict(student: VLStudent, examples: list[VLExample], preprocess: ImagePreprocessor, collator: BatchCollator,
-            batch_size: int, device: str, progress: bool = False, workers: int = 0) -> tuple[list[VLExample], Tensor, int]:
+            batch_size: int, device: str, progress: bool = False, workers: int = 0,
+            precision: str = "fp32") -> tuple[list[VLExample], Tensor, int]:
     """Logits of every example whose image decodes (VCR: (B, 4) choice scores); also the count left out."""
     student.eval()
     kept, logits, skipped = [], [], 0
@@ -49,9 +60,11 @@ def predict(student: VLStudent, examples: list[VLExample], preprocess: ImagePrep
         if not batch.examples:
             continue
         batch = batch.to(device)
-        output = student(batch.pixel_values, batch.tokens.input_ids, batch.tokens.attention_mask, batch.image_index)
+        with autocast(device, precision):
+            output = student(batch.pixel_values, batch.tokens.input_ids, batch.tokens.attention_mask, batch.image_index)
+            scores = student.logits(output)
         kept.extend(batch.examples)
-        logits.append(student.logits(output).view(len(batch.examples), -1).float().cpu())
+        logits.append(scores.view(len(batch.examples), -1).float().cpu())
     if not kept:
         raise ValueError("evaluation: no image of the split could be decoded (check task.val.image_root)")
     return kept, torch.cat(logits), skipped
@@ -59,9 +72,10 @@ def predict(student: VLStudent, examples: list[VLExample], preprocess: ImagePrep
 
 def evaluate_examples(student: VLStudent, task: TaskData, examples: list[VLExample], preprocess: ImagePreprocessor,
                       collator: BatchCollator, batch_size: int, device: str, progress: bool,
-                      workers: int = 0) -> dict[str, float]:
+                      workers: int = 0, precision: str = "fp32") -> dict[str, float]:
     """The task's metrics on `examples`, plus how many were left out for undecodable images."""
-    kept, logits, skipped = predict(student, examples, preprocess, collator, batch_size, device, progress, workers)
+    kept, logits, skipped = predict(student, examples, preprocess, collator, batch_size, device, progress, workers,
+                                    precision)
     return {**task_metrics(task.name, kept, logits, task.classes), "skipped_images": float(skipped)}
 
 
@@ -107,7 +121,8 @@ class StageRunner:
                 self.skipped += batch.skipped
                 if len(batch.examples) < 2:
                     continue
-                loss, terms = step_fn(batch.to(cfg.device))
+                with autocast(cfg.device, cfg.precision):
+                    loss, terms = step_fn(batch.to(cfg.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
@@ -174,6 +189,8 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
                         len(parts.tokenizer) if adaptive.enabled else None).to(cfg.trainer.device)
     for teacher in {id(t): t for t in (teachers.vision, teachers.text) if t is not None}.values():
         teacher.to(cfg.trainer.device)
+    if isinstance(teachers.vision, HFImageTeacher) and uses_bf16(cfg.trainer.device, cfg.trainer.precision):
+        teachers.vision.teacher.autocast_dtype = torch.bfloat16  # the image teacher keeps fp32 unless told
     collator = BatchCollator(parts.tokenizer, cfg.task.max_text_length)
     scorer = None
     if distill.confidence_weighting:
@@ -207,7 +224,7 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
     runner.close()
     metrics = evaluate_examples(student, task, task.val.examples, parts.preprocess, collator,
                                 cfg.trainer.eval_batch_size, cfg.trainer.device, cfg.trainer.progress_bar,
-                                cfg.trainer.num_workers)
+                                cfg.trainer.num_workers, cfg.trainer.precision)
     metrics.update({"main_metric": MAIN_METRIC[task.name], "train_examples": len(examples),
                     "skipped_train_images": runner.skipped, "skipped_train_records": task.train.skipped,
                     "skipped_val_records": task.val.skipped, "seconds": round(time.perf_counter() - started, 1)})
