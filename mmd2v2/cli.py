@@ -207,6 +207,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     query.add_argument("--text", help="caption to search with")
     query.add_argument("--image", type=Path, help="image file to search with")
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--kind", choices=("image", "text"), help="only images or only captions (default: both)")
     parser.add_argument("--ckpt", type=Path, help="model (default: the one that built the index)")
     parser.add_argument("--json", action="store_true", help="print the hits as JSON")
     parser.add_argument("--device", default="cpu")
@@ -219,7 +220,8 @@ def run_search(args: argparse.Namespace) -> int:
     if not 1 <= args.k <= 1000:
         raise ValueError(f"-k: got {args.k}, expected 1..1000")
     searcher = Searcher(args.index_dir, args.ckpt, args.device)
-    hits = searcher.by_text(args.text, args.k) if args.text is not None else searcher.by_image(open_image(args.image), args.k)
+    hits = (searcher.by_text(args.text, args.k, args.kind) if args.text is not None
+            else searcher.by_image(open_image(args.image), args.k, args.kind))
     print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False) if args.json else format_hits(hits))
     return 0
 

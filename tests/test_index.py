@@ -91,6 +91,12 @@ def test_build_info_and_search_from_the_cli(tmp_path: Path, export: Path, demo_d
     assert main(["search", str(out), "--image", str(demo_dir / "images" / "test" / image_rows[0]["path"]), "-k", "1"]) == 0
     assert image_rows[0]["path"] in capsys.readouterr().out  # an indexed image finds itself first
 
+    # --kind: the best items of one kind only, in the brute-force order
+    for kind, k in (("image", 4), ("text", 3)):
+        ranked = [i for i in np.argsort(-scores, kind="stable") if rows[i]["kind"] == kind][:k]
+        assert main(["search", str(out), "--text", query, "-k", str(k), "--kind", kind, "--json"]) == 0
+        assert [h["id"] for h in json.loads(capsys.readouterr().out)] == ranked
+
 
 def test_killed_build_resumes_from_finished_shards(tmp_path: Path, export: Path, demo_dir: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,6 +223,33 @@ def test_approximate_indexes_find_the_exact_neighbours(index_type: str) -> None:
     assert recall > {"HNSW32,Flat": 0.95, "IVF16,Flat": 0.9, "IVF16,PQ8x4fs": 0.15, "IVF16,PQ8x4fs,Refine(SQ8)": 0.6}[index_type]
 
 
+@pytest.mark.parametrize(("index_type", "exact_kind_limit"), [("Flat", 10), ("HNSW32,Flat", 10), ("IVF16,Flat", 10),
+                                                           ("Flat", 0), ("IVF16,Flat", 0)])
+def test_kind_filter_finds_a_rare_kind_and_reads_rows_written_in_any_key_order(tmp_path: Path, index_type: str,
+                                                                               exact_kind_limit: int) -> None:
+    from mmd2v2.retrieval.index_store import IndexManifest, write_index_folder
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(3000, 16)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    images = {7, 1500, 2999}  # 3 images among 2997 captions; one row as an older build wrote it (kind not first)
+    rows = [{"kind": "image", "path": f"{i}.png"} if i in images else {"text": f"caption {i}", "kind": "text"}
+            if i == 11 else {"kind": "text", "text": f"caption {i}"} for i in range(3000)]
+    manifest = IndexManifest("export", "id", 16, 3000, index_type, search_params=default_search_params(index_type))
+    write_index_folder(tmp_path / "index", build_faiss_index(data, index_type), rows, manifest)
+    opened = IndexFolder(tmp_path / "index")
+    opened.exact_kind_limit = exact_kind_limit  # 0: over-fetch neighbours until enough are of the kind
+    if "IVF" in index_type:
+        apply_search_params(opened.index, {"nprobe": 16})  # every list: the exact ranking, to compare with
+    hits = opened.search(data[:2], 5, "image")
+    exact = [sorted(images, key=lambda i: -float(data[i] @ q)) for q in data[:2]]
+    assert [[h.id for h in hits[q]] for q in range(2)] == exact  # all 3 found, fewer than k exist
+    assert [h.id for h in opened.search(data[11:12], 1, "text")[0]] == [11]
+    assert opened.kind_mask("text").sum() == 2997
+    with pytest.raises(ValueError, match="expected 'image' or 'text'"):
+        opened.search(data[:1], 5, "video")
+
+
 def test_searcher_by_id_returns_the_item_first(tmp_path: Path, export: Path, demo_dir: Path) -> None:
     build_index(load_pretrained(export), export, read_collection([demo_dir / "images" / "test"]), tmp_path / "index",
                 BuildOptions(progress=False))
@@ -224,6 +257,31 @@ def test_searcher_by_id_returns_the_item_first(tmp_path: Path, export: Path, dem
     assert searcher.by_id(5, k=3)[0].id == 5
     with pytest.raises(KeyError, match="id 99"):
         searcher.by_id(99)
+
+
+def test_fast_scan_pq_index_searches_by_id_by_encoding_the_item_again(tmp_path: Path, export: Path, demo_dir: Path,
+                                                                       captions: Path) -> None:
+    from PIL import Image
+
+    from mmd2v2.retrieval.collection import image_path
+
+    images = tmp_path / "images"
+    shutil.copytree(demo_dir / "images" / "test", images)
+    build_index(load_pretrained(export), export, read_collection([images], [captions]), tmp_path / "index",
+                BuildOptions(index_type="IVF2,PQ4x4fs", progress=False))
+    searcher = Searcher(tmp_path / "index")
+    assert not searcher.index.stores_vectors  # FAISS's reconstruct would crash the process on these codes
+    rows = [searcher.index.row(i) for i in range(searcher.index.manifest.count)]
+    text_id, image_id = next(i for i, r in enumerate(rows) if r["kind"] == "text"), next(
+        i for i, r in enumerate(rows) if r["kind"] == "image")
+    assert [h.id for h in searcher.by_id(text_id, 5)] == [h.id for h in searcher.by_text(rows[text_id]["text"], 5)]
+    with Image.open(image_path(rows[image_id], searcher.index.manifest.sources)) as image:
+        expected = [h.id for h in searcher.by_image(image.convert("RGB"), 5, "image")]
+    assert [h.id for h in searcher.by_id(image_id, 5, "image")] == expected
+    assert all(h.row["kind"] == "image" for h in searcher.by_id(image_id, 5, "image"))
+    image_path(rows[image_id], searcher.index.manifest.sources).unlink()
+    with pytest.raises(FileNotFoundError, match=f"item {image_id}: its image"):
+        searcher.by_id(image_id)
 
 
 def test_build_from_a_karpathy_split_keeps_captions_as_metadata(tmp_path: Path, export: Path, demo_dir: Path,

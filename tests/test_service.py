@@ -86,6 +86,13 @@ def test_search_by_text_upload_and_id(base_url: str, index_dir: Path, demo_dir: 
     status, body, _ = _request(f"{base_url}/api/search/id/{first['id']}?k=2")
     assert status == 200 and body["hits"][0]["id"] == first["id"]
 
+    # kind: only images (all of this index) or only captions (none here)
+    status, body, _ = _post_json(f"{base_url}/api/search/text", {"text": "small red circle at top", "k": 5, "kind": "image"})
+    assert status == 200 and [h["id"] for h in body["hits"]] == [h.id for h in expected]
+    assert _post_json(f"{base_url}/api/search/text", {"text": "red", "kind": "text"})[1]["hits"] == []
+    assert _request(f"{base_url}/api/search/image", *_multipart({"k": "3", "kind": "text"}, png))[1]["hits"] == []
+    assert _request(f"{base_url}/api/search/id/{first['id']}?k=2&kind=text")[1]["hits"] == []
+
 
 @pytest.mark.parametrize(("method", "path", "payload", "status", "message"), [
     ("json", "/api/search/text", b"{not json", 422, "not valid JSON"),
@@ -94,6 +101,8 @@ def test_search_by_text_upload_and_id(base_url: str, index_dir: Path, demo_dir: 
     ("json", "/api/search/text", {"text": "red", "k": 101}, 422, "field 'k'"),
     ("json", "/api/search/text", {"text": "   "}, 422, "must not be blank"),
     ("json", "/api/search/text", ["red"], 422, "field 'body'"),
+    ("json", "/api/search/text", {"text": "red", "kind": "video"}, 422, "field 'kind'"),
+    ("get", "/api/search/id/1?kind=video", None, 422, "field 'kind'"),
     ("upload", "/api/search/image", b"this is not an image", 415, "not a readable image"),
     ("upload", "/api/search/image", b"\x89PNG" + bytes(MAX_UPLOAD + 100), 413, "larger than"),
     ("upload", "/api/search/image", None, 422, "field 'image'"),
@@ -145,7 +154,7 @@ def test_web_page_end_to_end_in_headless_chromium(base_url: str, tmp_path: Path)
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     browser, driver_path = _chromium()  # type: ignore[misc]
     options = webdriver.ChromeOptions()
@@ -167,6 +176,14 @@ def test_web_page_end_to_end_in_headless_chromium(base_url: str, tmp_path: Path)
         assert scores == sorted(scores, reverse=True)
         driver.save_screenshot(str(tmp_path / "search.png"))
         assert Image.open(tmp_path / "search.png").size[0] > 0
+
+        Select(driver.find_element(By.ID, "kind")).select_by_value("text")  # captions only: this index has none
+        driver.find_element(By.ID, "search-button").click()
+        wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "status"), "no results"))
+        assert not driver.find_elements(By.CSS_SELECTOR, "#results .hit")
+        Select(driver.find_element(By.ID, "kind")).select_by_value("image")
+        driver.find_element(By.ID, "search-button").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .hit img")) == 6)
 
         driver.find_element(By.ID, "query").clear()
         driver.find_element(By.ID, "query").send_keys("   ")  # a blank query: the page shows the API's message

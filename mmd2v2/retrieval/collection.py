@@ -64,7 +64,8 @@ def add_text_file(collection: Collection, path: str | Path) -> None:
         if not text.strip():
             collection.skipped += 1
             continue
-        collection.rows.append({**{k: v for k, v in record.items() if k != "text"}, "kind": "text", "text": text.strip()})
+        collection.rows.append({"kind": "text", **{k: v for k, v in record.items() if k not in ("kind", "text")},
+                                "text": text.strip()})
 
 
 def add_karpathy_split(collection: Collection, json_path: Path, split: str, image_root: Path | None) -> None:

@@ -24,7 +24,9 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.jsonl"
 MANIFEST_FILE = "manifest.json"
 FORMAT = "mmd2v2-index-v1"
+KIND_PREFIX = '{"kind": "'  # metadata rows start with their kind
 EXACT_LIMIT = 100_000  # below this many vectors an exact (flat) index is both fast and small
+EXACT_KIND_LIMIT = 10_000  # a kind filter scores every item of a kind this rare (10k x 256-d: 10 MB kept)
 
 
 @dataclass
@@ -191,14 +193,24 @@ class IndexFolder:
         except RuntimeError:
             raise ValueError(f"{self.folder / INDEX_FILE}: corrupt or not a FAISS index") from None
         self.lines = (self.folder / METADATA_FILE).read_text(encoding="utf-8").splitlines()
+        self._kinds: dict[str, np.ndarray] = {}
+        self._kind_matrices: dict[str, np.ndarray | None] = {}
+        self.exact_kind_limit = EXACT_KIND_LIMIT
         counts = {"index": self.index.ntotal, "metadata rows": len(self.lines), "manifest count": self.manifest.count}
         if len(set(counts.values())) != 1:
             raise ValueError(f"{self.folder}: counts disagree ({', '.join(f'{k} {v}' for k, v in counts.items())})")
         if self.index.d != self.manifest.dim:
             raise ValueError(f"{self.folder}: index dimension {self.index.d} but manifest says {self.manifest.dim}")
         apply_search_params(self.index, self.manifest.search_params)
-        if self.manifest.index_type.startswith("IVF") and "Refine" not in self.manifest.index_type:
+        if self.stores_vectors and self.manifest.index_type.startswith("IVF") and "Refine" not in self.manifest.index_type:
             faiss.extract_index_ivf(self.index).make_direct_map()  # lets `reconstruct` look up a stored vector
+
+    @property
+    def stores_vectors(self) -> bool:
+        """Whether a stored vector can be read back by id: not from 4-bit fast-scan PQ codes ("PQ64x4fs") without a
+        refine stage, whose `reconstruct` crashes the process in FAISS."""
+        parts = self.manifest.index_type.split(",")
+        return not any(part.endswith("fs") for part in parts) or any(part.startswith("Refine") for part in parts)
 
     def row(self, vector_id: int) -> dict[str, Any]:
         """The metadata row of one vector (parsed on demand)."""
@@ -214,8 +226,58 @@ class IndexFolder:
             raise ValueError(f"{self.folder}: built with checkpoint id {self.manifest.checkpoint_id} "
                              f"({self.manifest.checkpoint}), the query model's id is {model_id}")
 
-    def search(self, queries: np.ndarray, k: int) -> SearchResults:
-        """Top-k hits (score-descending) for each query vector."""
+    def search(self, queries: np.ndarray, k: int, kind: str | None = None) -> SearchResults:
+        """Top-k hits (score-descending) for each query vector; with `kind` ('image' or 'text'), only items of
+        that kind (the index is asked for more neighbours until k of them are found or it has none left)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
-        scores, ids = self.index.search(queries, min(k, self.index.ntotal))
-        return SearchResults(scores, ids, self.lines)
+        if kind is None:
+            scores, ids = self.index.search(queries, min(k, self.index.ntotal))
+            return SearchResults(scores, ids, self.lines)
+        wanted = self.kind_mask(kind)
+        if not wanted.any():
+            none = np.zeros((len(queries), 0))
+            return SearchResults(none.astype(np.float32), none.astype(np.int64), self.lines)
+        vectors = self._kind_vectors(kind)
+        if vectors is not None:  # few items of this kind: score them all (exact, and no graph can miss one)
+            ids = np.flatnonzero(wanted)
+            scores = queries @ vectors.T
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            return SearchResults(np.take_along_axis(scores, top, axis=1), ids[top], self.lines)
+        fetch = min(self.index.ntotal, max(4 * k, 64))
+        while True:
+            scores, ids = self.index.search(queries, fetch)
+            keep = (ids >= 0) & wanted[np.maximum(ids, 0)]
+            if fetch == self.index.ntotal or keep.sum(axis=1).min() >= k:
+                break
+            fetch = min(self.index.ntotal, 4 * fetch)
+        out_scores, out_ids = np.zeros((len(ids), k), dtype=np.float32), np.full((len(ids), k), -1, dtype=np.int64)
+        for query in range(len(ids)):
+            chosen = np.flatnonzero(keep[query])[:k]  # the index returns neighbours best first
+            out_scores[query, : len(chosen)], out_ids[query, : len(chosen)] = scores[query, chosen], ids[query, chosen]
+        return SearchResults(out_scores, out_ids, self.lines)
+
+    def _kind_vectors(self, kind: str) -> np.ndarray | None:
+        """The stored vectors of a kind that has at most `exact_kind_limit` items (None: more, or the index does not
+        store readable vectors); kept after the first call."""
+        if kind not in self._kind_matrices:
+            ids = np.flatnonzero(self.kind_mask(kind))
+            matrix = None
+            if self.stores_vectors and len(ids) <= self.exact_kind_limit:
+                matrix = self.index.reconstruct_batch(ids)
+            self._kind_matrices[kind] = None if matrix is None else np.asarray(matrix, dtype=np.float32).reshape(len(ids), -1)
+        return self._kind_matrices[kind]
+
+    def kind_mask(self, kind: str) -> np.ndarray:
+        """(count,) bool: which items are of `kind` ('image' or 'text'); computed once per kind."""
+        if kind not in ("image", "text"):
+            raise ValueError(f"kind: got '{kind}', expected 'image' or 'text'")
+        if kind not in self._kinds:
+            self._kinds[kind] = np.fromiter((_row_kind(line) == kind for line in self.lines), bool, len(self.lines))
+        return self._kinds[kind]
+
+
+def _row_kind(line: str) -> str | None:
+    """The "kind" of a metadata row: read from the line's start where it comes first (as written), else parsed."""
+    if line.startswith(KIND_PREFIX):
+        return line[len(KIND_PREFIX) : line.index('"', len(KIND_PREFIX))]
+    return json.loads(line).get("kind")

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from mmd2v2.models.pretrained import PretrainedMMD2V2, load_pretrained
+from mmd2v2.retrieval.collection import image_path
 from mmd2v2.retrieval.encode import encode_texts
 from mmd2v2.retrieval.index_store import IndexFolder, SearchHit, checkpoint_id
 
@@ -39,18 +40,31 @@ class Searcher:
         with torch.inference_mode():
             return self.bundle.model.encode_images(pixels.to(device)).float().cpu().numpy()
 
-    def by_text(self, text: str, k: int = 10) -> list[SearchHit]:
-        """Top-k items for a caption."""
-        return self.index.search(self.text_vectors([text]), k)[0]
+    def by_text(self, text: str, k: int = 10, kind: str | None = None) -> list[SearchHit]:
+        """Top-k items for a caption (only images or only captions with `kind` 'image' / 'text')."""
+        return self.index.search(self.text_vectors([text]), k, kind)[0]
 
-    def by_image(self, image: Image.Image, k: int = 10) -> list[SearchHit]:
-        """Top-k items for an image."""
-        return self.index.search(self.image_vectors([image]), k)[0]
+    def by_image(self, image: Image.Image, k: int = 10, kind: str | None = None) -> list[SearchHit]:
+        """Top-k items for an image (only images or only captions with `kind`)."""
+        return self.index.search(self.image_vectors([image]), k, kind)[0]
 
-    def by_id(self, vector_id: int, k: int = 10) -> list[SearchHit]:
-        """Top-k neighbours of an item already in the index (itself first)."""
-        self.index.row(vector_id)
-        return self.index.search(self.index.index.reconstruct(vector_id)[None], k)[0]
+    def by_id(self, vector_id: int, k: int = 10, kind: str | None = None) -> list[SearchHit]:
+        """Top-k neighbours of an item already in the index (itself first when of `kind`). Its stored vector is the
+        query; where the index keeps none readable (fast-scan PQ), the item's caption or image file is encoded again."""
+        row = self.index.row(vector_id)
+        if self.index.stores_vectors:
+            query = self.index.index.reconstruct(vector_id)[None]
+        elif row.get("kind") == "text":
+            query = self.text_vectors([row["text"]])
+        else:
+            path = image_path(row, self.index.manifest.sources)
+            try:
+                with Image.open(path) as image:
+                    query = self.image_vectors([image.convert("RGB")])
+            except (OSError, SyntaxError, ValueError):
+                raise FileNotFoundError(f"item {vector_id}: its image '{path}' is missing or unreadable, and index "
+                                        f"type {self.index.manifest.index_type} keeps no readable vector") from None
+        return self.index.search(query, k, kind)[0]
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +36,7 @@ class TextQuery(BaseModel):
 
     text: str = Field(min_length=1, max_length=1000)
     k: int = Field(default=10, ge=1, le=MAX_K)
+    kind: Literal["image", "text"] | None = None  # only images or only captions
 
 
 def _hits_json(hits: list[SearchHit]) -> dict[str, Any]:
@@ -101,10 +102,11 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
     def search_text(query: TextQuery) -> dict[str, Any]:
         if not query.text.strip():
             raise HTTPException(422, "field 'text': must not be blank")
-        return _hits_json(index.search(text_vector(query.text)[None], query.k)[0])
+        return _hits_json(index.search(text_vector(query.text)[None], query.k, query.kind)[0])
 
     @app.post("/api/search/image")
-    def search_image(image: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K)) -> dict[str, Any]:
+    def search_image(image: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K),
+                     kind: Literal["image", "text"] | None = Form(None)) -> dict[str, Any]:
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"upload larger than {max_upload_bytes} bytes")
@@ -114,12 +116,16 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
                 decoded = opened.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise HTTPException(415, "upload is not a readable image (expected JPEG, PNG, WebP, ...)") from None
-        return _hits_json(index.search(image_vector(decoded)[None], k)[0])
+        return _hits_json(index.search(image_vector(decoded)[None], k, kind)[0])
 
     @app.get("/api/search/id/{item_id}")
-    def search_id(item_id: int, k: int = Query(10, ge=1, le=MAX_K)) -> dict[str, Any]:
+    def search_id(item_id: int, k: int = Query(10, ge=1, le=MAX_K),
+                  kind: Literal["image", "text"] | None = Query(None)) -> dict[str, Any]:
         _row(item_id)
-        return _hits_json(searcher.by_id(item_id, k))
+        try:
+            return _hits_json(searcher.by_id(item_id, k, kind))
+        except FileNotFoundError as error:
+            raise HTTPException(404, str(error)) from None
 
     @app.get("/api/items/{item_id}")
     def item(item_id: int) -> dict[str, Any]:
