@@ -228,7 +228,8 @@ class IndexFolder:
 
     def search(self, queries: np.ndarray, k: int, kind: str | None = None) -> SearchResults:
         """Top-k hits (score-descending) for each query vector; with `kind` ('image' or 'text'), only items of
-        that kind (the index is asked for more neighbours until k of them are found or it has none left)."""
+        that kind: all of them scored when they are few (`exact_kind_limit`), else the index is asked for more
+        neighbours until k of them are found or it has none left."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
         if kind is None:
             scores, ids = self.index.search(queries, min(k, self.index.ntotal))
