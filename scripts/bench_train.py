@@ -22,7 +22,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def paper_overrides(frozen: bool) -> list[str]:
     text = {"vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
             "intermediate_size": 3072, "max_position_embeddings": 514, "pad_token_id": 1, "type_vocab_size": 1}
     teacher = {**VIT_B, "use_mean_pooling": False, "use_relative_position_bias": True, "layer_scale_init_value": 0.1}
-    return [f"model.image.pretrained=null", f"model.image.config={image}", "model.text.family=roberta",
+    return ["model.image.pretrained=null", f"model.image.config={image}", "model.text.family=roberta",
             "model.text.pretrained=null", f"model.text.config={text}", "teacher.pretrained=null",
             f"teacher.config={teacher}", f"model.image.freeze={frozen}", f"model.text.freeze={frozen}",
             "data.sources=[]", "data.demo=true", "deepspeed.precision=auto", "data.random_crop_scale=null",
