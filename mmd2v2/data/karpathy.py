@@ -68,9 +68,9 @@ def load_karpathy_split(json_path: str | Path, split: str, image_root: str | Pat
         where = f"{json_path}: images[{index}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: expected an object")
-        for field in ("filename", "split", "sentences"):
-            if field not in entry:
-                raise ValueError(f"{where}: missing field '{field}'")
+        for key in ("filename", "split", "sentences"):
+            if key not in entry:
+                raise ValueError(f"{where}: missing field '{key}'")
         if entry["split"] not in wanted:
             continue
         captions = []
