@@ -57,27 +57,22 @@ class Searcher:
         elif row.get("kind") == "text":
             query = self.text_vectors([row["text"]])
         else:
-            path = image_path(row, self.index.manifest.sources)
-            try:
-                with Image.open(path) as image:
-                    query = self.image_vectors([image.convert("RGB")])
-            except (OSError, SyntaxError, ValueError):
-                raise FileNotFoundError(f"item {vector_id}: its image '{path}' is missing or unreadable, and index "
-                                        f"type {self.index.manifest.index_type} keeps no readable vector") from None
+            name = f"item {vector_id}: its image (index type {self.index.manifest.index_type} keeps no readable vector)"
+            query = self.image_vectors([open_image(image_path(row, self.index.manifest.sources), name)])
         return self.index.search(query, k, kind)[0]
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode an image file, with a one-line error when it is missing or not an image."""
+def open_image(path: str | Path, name: str = "--image") -> Image.Image:
+    """Decode an image file, with a one-line error naming `name` when it is missing or not an image."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--image: '{path}' does not exist")
+        raise FileNotFoundError(f"{name}: '{path}' does not exist")
     try:
         with Image.open(path) as image:
             image.load()
             return image.copy()
     except (OSError, SyntaxError, ValueError):
-        raise ValueError(f"--image: '{path}' is not a readable image") from None
+        raise ValueError(f"{name}: '{path}' is not a readable image") from None
 
 
 def format_hits(hits: list[SearchHit]) -> str:

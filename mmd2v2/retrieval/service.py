@@ -124,7 +124,7 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
         _row(item_id)
         try:
             return _hits_json(searcher.by_id(item_id, k, kind))
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ValueError) as error:  # the item's image, encoded again, is missing or unreadable
             raise HTTPException(404, str(error)) from None
 
     @app.get("/api/items/{item_id}")
