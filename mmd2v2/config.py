@@ -16,6 +16,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from mmd2v2.files import write_text_atomic
+
 
 class ConfigError(ValueError):
     """A configuration key or value that is unknown, missing or of the wrong type."""
@@ -375,11 +377,11 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return load_typed_config(Config, path, overrides)
 
 
-def config_to_dict(config: Config) -> dict[str, Any]:
-    """The resolved config as plain nested dicts (for YAML/JSON dumps)."""
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A resolved config (Config, the VL config: any dataclass config) as plain nested dicts (for YAML/JSON dumps)."""
     return dataclasses.asdict(config)
 
 
-def dump_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+def dump_config(config: Any, path: str | Path) -> None:
+    """Write a resolved config (any dataclass config) as YAML (temporary file, then rename)."""
+    write_text_atomic(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False))

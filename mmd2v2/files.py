@@ -1,9 +1,16 @@
-"""File-system helpers shared by everything that writes folders: publish a finished folder atomically."""
+"""File-system helpers shared by everything that writes files and folders: publish them atomically."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary sibling of `path`, then rename it over `path` (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def replace_folder(tmp: Path, folder: Path) -> None:

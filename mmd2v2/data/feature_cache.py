@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmd2v2.files import write_text_atomic
+
 FORMAT = 1
 PER_IMAGE = ("teacher_cls", "image_tokens")
 PER_PAIR = ("text_tokens",)
@@ -93,9 +95,7 @@ def write_manifest(folder: Path, plan: CachePlan, skipped_images: int) -> None:
     manifest = {"format": FORMAT, "num_images": plan.num_images, "num_pairs": plan.num_pairs,
                 "rows_per_shard": plan.rows_per_shard, "views": plan.views, "kinds": {k: list(v) for k, v in plan.kinds.items()},
                 "skipped_images": skipped_images, "fingerprints": plan.fingerprints}
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(folder / MANIFEST)
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
 def _difference(found: Any, expected: Any, path: str = "") -> str | None:

@@ -26,6 +26,7 @@ from mmd2v2.data.pairs import CaptionPairDataset, PairCollator
 from mmd2v2.data.sources import TrainingData, configured_sources, load_training_data, training_loader
 from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
 from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
+from mmd2v2.files import write_text_atomic
 from mmd2v2.losses.objective import MMD2V2Objective
 from mmd2v2.models.mmd2v2 import MMD2V2
 from mmd2v2.models.pretrained import load_pretrained, load_student_weights, save_pretrained
@@ -324,13 +325,11 @@ def finish_run(student: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBa
                                  config.eval.ks, config.trainer.progress_bar)
     metrics.update(data_counts)
     metrics["train_seconds"] = round(train_seconds, 1)  # this process's loop (a resumed run: since the resume)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2))
     meta_path = export_dir / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["metrics"] = metrics
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(meta_path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=2))
     print(f"\nretrieval on '{config.eval.split}' ({metrics['num_images']} images, {metrics['num_texts']} captions):")
     print(format_recall_table(metrics))
     print(f"trained to step {step} in {train_seconds / 60:.1f} min; skipped training samples (undecodable images): "

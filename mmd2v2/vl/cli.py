@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from mmd2v2.vl.config import load_vl_config, vl_config_to_dict
+from mmd2v2.config import config_to_dict
+from mmd2v2.files import write_text_atomic
+from mmd2v2.vl.config import load_vl_config
 
 
 def add_vl_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +58,7 @@ def run_vl(args: argparse.Namespace) -> int:
         return _evaluate(args)
     cfg = load_vl_config(args.config, args.overrides)
     if args.dump_config:
-        print(json.dumps(vl_config_to_dict(cfg), indent=2))
+        print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
     output_dir = args.output_dir or Path(cfg.trainer.output_dir)
     if args.vl_action == "protocol":
@@ -92,7 +94,5 @@ def _evaluate(args: argparse.Namespace) -> int:
     _print_metrics(metrics)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2))
-        tmp.replace(args.json)
+        write_text_atomic(args.json, json.dumps(metrics, indent=2))
     return 0

@@ -6,14 +6,20 @@ overrides, an unknown key or a value of the wrong type raises `ConfigError` nami
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from mmd2v2.config import ConfigError, ModelConfig, OptimConfig, load_typed_config, typed_config_from_dict
+from mmd2v2.config import (
+    ConfigError,
+    ModelConfig,
+    OptimConfig,
+    config_to_dict,
+    load_typed_config,
+    typed_config_from_dict,
+)
 
 
 @dataclass
@@ -163,19 +169,6 @@ def load_vl_config(path: str | Path | None, overrides: list[str] | tuple[str, ..
     return load_typed_config(VLConfig, path, overrides)
 
 
-def vl_config_to_dict(config: VLConfig) -> dict[str, Any]:
-    """The resolved config as plain nested dicts."""
-    return dataclasses.asdict(config)
-
-
-def dump_vl_config(config: VLConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(vl_config_to_dict(config), sort_keys=False))
-    tmp.replace(path)
-
-
 # settings that name a run (its folder) or do not change what it trains: two runs that differ only here are the same
 _NOT_COMPARED = {"trainer": ("output_dir", "progress_bar", "log_every", "eval_batch_size", "checkpoint_every",
                              "num_workers"),
@@ -190,6 +183,6 @@ def _compared(settings: dict[str, Any]) -> dict[str, Any]:
 def same_run_settings(path: str | Path, config: VLConfig) -> bool:
     """Whether the config.yaml at `path` (a run folder's) trains what `config` trains; False when it is unreadable."""
     try:
-        return _compared(yaml.safe_load(Path(path).read_text())) == _compared(vl_config_to_dict(config))
+        return _compared(yaml.safe_load(Path(path).read_text())) == _compared(config_to_dict(config))
     except (OSError, yaml.YAMLError, AttributeError):
         return False

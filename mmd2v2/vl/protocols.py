@@ -14,7 +14,9 @@ from typing import Any
 
 from mmd2v2.models.pretrained import load_pretrained
 from mmd2v2.vl.batches import BatchCollator
-from mmd2v2.vl.config import VLConfig, same_run_settings, vl_config_from_dict, vl_config_to_dict
+from mmd2v2.config import config_to_dict
+from mmd2v2.files import write_text_atomic
+from mmd2v2.vl.config import VLConfig, same_run_settings, vl_config_from_dict
 from mmd2v2.vl.methods import method_overrides
 from mmd2v2.vl.sampling import low_shot_subset
 from mmd2v2.vl.student import export_folder
@@ -48,7 +50,7 @@ def run_zero_shot(cfg: VLConfig, task: TaskData) -> dict[str, float]:
 
 def with_overrides(cfg: VLConfig, overrides: list[str]) -> VLConfig:
     """`cfg` with `key=value` overrides applied."""
-    return vl_config_from_dict(vl_config_to_dict(cfg), overrides)
+    return vl_config_from_dict(config_to_dict(cfg), overrides)
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -78,12 +80,6 @@ def finished_run(folder: Path, cfg: VLConfig) -> dict[str, Any] | None:
         return json.loads(metrics.read_text())
     except json.JSONDecodeError:
         return None
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> dict[str, Any]:
@@ -130,8 +126,8 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
             results.setdefault(method, {})[label] = summarise(values)
     report = {"task": task.name, "metric": main, "columns": columns, "results": results, "runs": runs,
               "config": dataclasses.asdict(cfg)}
-    _write(out / "protocol.json", json.dumps(report, indent=2, default=str))
+    write_text_atomic(out / "protocol.json", json.dumps(report, indent=2, default=str))
     table = format_table(task.name, results, columns)
-    _write(out / "protocol.md", table)
+    write_text_atomic(out / "protocol.md", table)
     print(table)
     return report

@@ -19,13 +19,15 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from mmd2v2.config import dump_config
 from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.files import write_text_atomic
 from mmd2v2.train.engine import parameter_groups, resolved_precision
 from mmd2v2.train.loop import MetricWindow, restore_rng_state, rng_state, seed_everything
 from mmd2v2.train.schedule import WarmupCosine
 from mmd2v2.vl.batches import BatchCollator, SkippableBatches, VLBatch, example_loader
 from mmd2v2.vl.checkpoint import save_vl_model
-from mmd2v2.vl.config import VLConfig, dump_vl_config, same_run_settings
+from mmd2v2.vl.config import VLConfig, same_run_settings
 from mmd2v2.vl.objective import VLObjective
 from mmd2v2.vl.resume import RESUME, Position, SavedRun, load_run_state, remove_run_state, save_run_state
 from mmd2v2.vl.student import VLStudent, build_backbone
@@ -209,7 +211,7 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
         (out / "metrics.json").unlink(missing_ok=True)  # metrics.json marks a finished run: never a stale one
         if saved is None:
             (out / "train_log.jsonl").write_text("")
-        dump_vl_config(cfg, out / "config.yaml")
+        dump_config(cfg, out / "config.yaml")
     runner = StageRunner(cfg, student, parts.preprocess, collator, out, objective.generator)
     if saved is not None:
         restore_rng_state(saved.rng)
@@ -232,9 +234,7 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
         save_vl_model(student.cpu(), parts, out / "model", {"name": task.name, "classes": task.classes,
                                                             "head_hidden_ratio": cfg.student.head_hidden_ratio,
                                                             "max_text_length": cfg.task.max_text_length})
-        tmp = out / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        tmp.replace(out / "metrics.json")
+        write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         remove_run_state(out)
     return metrics
 
