@@ -34,7 +34,8 @@ from mmd2v2.config import Config, load_config  # noqa: E402
 from mmd2v2.losses.objective import MMD2V2Objective  # noqa: E402
 from mmd2v2.models.mmd2v2 import MMD2V2  # noqa: E402
 from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
-from mmd2v2.train.engine import create_engine, ensure_distributed_env, resolved_precision  # noqa: E402
+from mmd2v2.runtime.engine import create_engine, ensure_distributed_env  # noqa: E402
+from mmd2v2.runtime.precision import resolved_precision  # noqa: E402
 from mmd2v2.train.feature_cache import encoder_tokens  # noqa: E402
 from mmd2v2.train.loop import TrainingModule  # noqa: E402
 

@@ -6,12 +6,10 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -33,8 +31,11 @@ from mmd2v2.models.pretrained import load_pretrained, load_student_weights, save
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
 from mmd2v2.retrieval.recall import format_recall_table
-from mmd2v2.train.checkpoint import latest_complete_tag, load_checkpoint, save_checkpoint
-from mmd2v2.train.engine import create_engine, ensure_distributed_env, resolved_precision
+from mmd2v2.runtime.checkpoint import latest_complete_tag, load_checkpoint, save_checkpoint
+from mmd2v2.runtime.engine import create_engine, ensure_distributed_env
+from mmd2v2.runtime.metrics import MetricWindow
+from mmd2v2.runtime.precision import resolved_precision
+from mmd2v2.runtime.random_state import restore_rng_state, rng_state, seed_everything
 from mmd2v2.train.feature_cache import CachedPairs, open_cache
 
 
@@ -58,13 +59,6 @@ class TrainingModule(nn.Module):
         image = self.student.image_forward(pixel_values, encoded=image_tokens)
         text = self.student.text_forward(input_ids, attention_mask, encoded=text_tokens)
         return self.objective(image, text, teacher_cls, image_ids, self.micro_batch_size)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def prepare_data(config: Config) -> tuple[list[SourceConfig], Path, Path | None]:
@@ -97,48 +91,6 @@ def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTo
         text = dataclasses.replace(config.model.text, config=text_cfg)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
     return tokenizer, config
-
-
-def rng_state() -> dict[str, Any]:
-    """Random-number state of this process (stochastic depth and dropout draw from it)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": [*np.random.get_state()[1].tolist(), np.random.get_state()[2]],
-                             "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` saved, so a resumed run draws the same numbers as an uninterrupted one."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", np.asarray(state["numpy"][:-1], dtype=np.uint32), int(state["numpy"][-1]), 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-class MetricWindow:
-    """Running means of the loss terms between two log points (kept as tensors until read)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
-
-    def add(self, terms: dict[str, Tensor]) -> None:
-        """Accumulate one micro-batch's terms."""
-        for key, value in terms.items():
-            self.sums[key] = self.sums.get(key, 0) + value.detach().float()
-        self.count += 1
-
-    def means(self) -> dict[str, float]:
-        """Means since the last call over all ranks (the only point where the loop waits for the device), then reset."""
-        if self.sums and dist.is_initialized() and dist.get_world_size() > 1:
-            stacked = torch.stack(list(self.sums.values())) / dist.get_world_size()
-            dist.all_reduce(stacked)
-            self.sums = dict(zip(self.sums, stacked))
-        means = {k: float(v) / max(1, self.count) for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return means
 
 
 def _to_device(batch: dict[str, Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:

@@ -22,9 +22,11 @@ from tqdm import tqdm
 from mmd2v2.config import dump_config
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.files import write_text_atomic
-from mmd2v2.train.engine import parameter_groups, resolved_precision
-from mmd2v2.train.loop import MetricWindow, restore_rng_state, rng_state, seed_everything
-from mmd2v2.train.schedule import WarmupCosine
+from mmd2v2.runtime.metrics import MetricWindow
+from mmd2v2.runtime.optim import parameter_groups
+from mmd2v2.runtime.precision import resolved_precision
+from mmd2v2.runtime.random_state import restore_rng_state, rng_state, seed_everything
+from mmd2v2.runtime.schedule import WarmupCosine
 from mmd2v2.vl.batches import BatchCollator, SkippableBatches, VLBatch, example_loader
 from mmd2v2.vl.checkpoint import save_vl_model
 from mmd2v2.vl.config import VLConfig, same_run_settings

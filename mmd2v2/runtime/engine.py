@@ -1,4 +1,7 @@
-"""DeepSpeed set-up: process environment, the DeepSpeed JSON built from the config, engine creation."""
+"""DeepSpeed set-up: process environment, the DeepSpeed JSON built from the config, engine creation.
+
+Any program config with `optim`, `deepspeed` and `trainer.micro_batch_size` sections works (training, pretraining).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmd2v2.config import Config
-from mmd2v2.train.schedule import WarmupCosine
-
-NO_DECAY_KEYWORDS = ("embedding", "logit_scale", "gamma")
+from mmd2v2.runtime.optim import parameter_groups
+from mmd2v2.runtime.precision import resolved_precision
+from mmd2v2.runtime.schedule import WarmupCosine
 
 
 def ensure_distributed_env() -> None:
@@ -36,14 +38,7 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def resolved_precision(precision: str) -> str:
-    """'auto' → bf16 where a GPU supports it, else fp32; explicit values stay."""
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def deepspeed_config(config: Config, world_size: int) -> dict[str, Any]:
+def deepspeed_config(config: Any, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON for this run (batch sizes, AdamW, ZeRO stage, precision, clipping)."""
     ds, optim = config.deepspeed, config.optim
     micro = config.trainer.micro_batch_size
@@ -66,18 +61,7 @@ def deepspeed_config(config: Config, world_size: int) -> dict[str, Any]:
     return _deep_merge(base, ds.extra)
 
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms, embeddings, temperatures and LayerScale."""
-    decay, no_decay = [], []
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        skip = param.ndim < 2 or any(k in name for k in NO_DECAY_KEYWORDS)
-        (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def create_engine(module: nn.Module, config: Config, total_steps: int) -> Any:
+def create_engine(module: nn.Module, config: Any, total_steps: int) -> Any:
     """Wrap `module` in a DeepSpeed engine with AdamW and the warm-up + cosine schedule."""
     world_size = dist.get_world_size()
     groups = parameter_groups(module, config.optim.weight_decay)
