@@ -59,7 +59,8 @@ def measure(config: Config, data_dir: Path, repeats: int) -> dict[str, float]:
     indices = list(range(0, len(dataset), max(1, len(dataset) // batch_size)))[:batch_size]
 
     def load() -> dict[str, torch.Tensor]:
-        return collate([dataset[i] for i in indices])
+        batch = collate([dataset[i] for i in indices])
+        return {**batch, "pixel_values": preprocess.normalize(batch["pixel_values"])}  # the step's normalisation
 
     batch = load()
     torch.manual_seed(config.trainer.seed)

@@ -58,6 +58,7 @@ def test_cached_step_gives_the_uncached_loss_and_gradients(tmp_path: Path, demo_
     collate = PairCollator(parts.tokenizer, parts.config.data.max_text_length)
     indices = list(range(0, 80, 5))  # 16 pairs, several captions of the same images
     plain = collate([parts.data.sources[0].data[i] for i in indices])
+    plain["pixel_values"] = parts.preprocess.normalize(plain["pixel_values"])  # as the training step does
     teacher = parts.teacher
     assert teacher is not None
     with torch.no_grad():
@@ -153,7 +154,7 @@ def test_augmented_training_reads_the_stored_view_of_its_epoch(tmp_path: Path, d
         expected = torch.stack([stored_view(parts.config, row, epoch % 2) for row in rows])
         assert torch.equal(batch["crop_theta"], expected)
         with torch.no_grad():
-            target = teacher(apply_crop_flip(plain["pixel_values"], expected))
+            target = teacher(apply_crop_flip(parts.preprocess.normalize(plain["pixel_values"]), expected))
         torch.testing.assert_close(batch["teacher_cls"].float(), target, rtol=2e-3, atol=2e-3)
     first, second = (collate([cached[e * len(cached)]])["teacher_cls"] for e in (0, 1))
     assert not torch.equal(first, second)  # two different crops of the image

@@ -15,9 +15,9 @@ from transformers import BertConfig, BertModel, BitImageProcessorPil, ViTConfig,
 
 from mmd2v2.config import Config, DataConfig, EncoderConfig, ModelConfig, load_config
 from mmd2v2.data.pairs import PairCollator, PairSample
-from mmd2v2.data.preprocessing import DEFAULTS, ImagePreprocessor, resolve_image_preprocessing
+from mmd2v2.data.preprocessing import DEFAULTS, ImagePreprocessor, image_batches, loader_workers, resolve_image_preprocessing
 from mmd2v2.data.tokenization import build_word_tokenizer
-from mmd2v2.train.loop import prepare_tokenizer
+from mmd2v2.train.loop import _to_device, prepare_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,9 +50,10 @@ def test_settings_come_from_the_encoders_processor_config(tmp_path: Path) -> Non
     folder = _image_encoder_folder(tmp_path, processor)
     for family in ("vit", "auto"):
         preprocess = resolve_image_preprocessing(_config(EncoderConfig(family=family, pretrained=folder)))
-        assert preprocess.to_dict() == {"size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "resample": "bilinear"}
+        assert preprocess.to_dict() == {"size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "resample": "bilinear",
+                                         "draft": True}
     explicit = resolve_image_preprocessing(_config(EncoderConfig(pretrained=folder), image_size=24, image_mean=[0.5] * 3))
-    assert explicit.to_dict() == {"size": 24, "mean": [0.5] * 3, "std": [0.4, 0.5, 0.6], "resample": "bilinear"}
+    assert explicit.to_dict() == {"size": 24, "mean": [0.5] * 3, "std": [0.4, 0.5, 0.6], "resample": "bilinear", "draft": True}
 
 
 def test_without_a_processor_config_the_encoders_image_size_and_imagenet_statistics(tmp_path: Path) -> None:
@@ -65,13 +66,16 @@ def test_without_a_processor_config_the_encoders_image_size_and_imagenet_statist
 
 def test_demo_config_keeps_its_explicit_preprocessing() -> None:
     preprocess = resolve_image_preprocessing(load_config(ROOT / "configs" / "demo.yaml"))
-    assert preprocess.to_dict() == {"size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "resample": "bicubic"}
+    assert preprocess.to_dict() == {"size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "resample": "bicubic", "draft": True}
+    assert not resolve_image_preprocessing(load_config(ROOT / "configs" / "demo.yaml", ["data.jpeg_draft=false"])).draft
 
 
-def test_exported_settings_round_trip_and_old_files_are_bicubic() -> None:
-    preprocess = ImagePreprocessor(36, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], "bilinear")
-    assert ImagePreprocessor.from_dict(json.loads(json.dumps(preprocess.to_dict()))).to_dict() == preprocess.to_dict()
-    assert ImagePreprocessor.from_dict({"size": 36, "mean": [0.5] * 3, "std": [0.5] * 3}).resample == "bicubic"
+def test_exported_settings_round_trip_and_old_files_are_bicubic_and_fully_decoded() -> None:
+    for draft in (True, False):
+        preprocess = ImagePreprocessor(36, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], "bilinear", draft)
+        assert ImagePreprocessor.from_dict(json.loads(json.dumps(preprocess.to_dict()))).to_dict() == preprocess.to_dict()
+    old = ImagePreprocessor.from_dict({"size": 36, "mean": [0.5] * 3, "std": [0.5] * 3})
+    assert old.resample == "bicubic" and not old.draft
 
 
 def test_tokenizer_comes_from_the_text_encoder_folder_and_honours_max_text_length(tmp_path: Path) -> None:
@@ -88,3 +92,53 @@ def test_tokenizer_comes_from_the_text_encoder_folder_and_honours_max_text_lengt
     assert batch["input_ids"].shape == (2, 5)
     assert batch["input_ids"][0].tolist() == tokenizer(" ".join(words[:3]))["input_ids"]  # [CLS] a red circle [SEP]
     assert batch["attention_mask"][1].tolist() == [1, 1, 1, 1, 0]
+
+
+def _photo(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
+    """A smooth colour image with some texture, saved as JPEG (quality 90) or PNG by the suffix."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]] / max(size)
+    channels = [np.sin(6 * x + 2 * c) * np.cos(5 * y - c) for c in range(3)]
+    array = (np.stack(channels, -1) * 90 + 128 + rng.normal(0, 12, (size[1], size[0], 3))).clip(0, 255)
+    Image.fromarray(array.astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_host_keeps_uint8_and_the_step_normalises_exactly_as_the_float_path(tmp_path: Path) -> None:
+    preprocess = ImagePreprocessor(16, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25])
+    paths = [_photo(tmp_path / f"{i}.png", (30, 20), i) for i in range(3)]
+    samples = [PairSample(preprocess.decode(path), "a circle", i) for i, path in enumerate(paths)]
+    assert samples[0].pixel_values is not None and samples[0].pixel_values.dtype == torch.uint8
+    batch = PairCollator(build_word_tokenizer(["a", "circle"]), 8)(samples)
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (3, 3, 16, 16)
+    on_device = _to_device(batch, torch.device("cpu"), torch.float32, preprocess)
+    old = []  # the float32 host path this replaces: decode every pixel, resize, normalise with NumPy
+    for path in paths:
+        array = np.asarray(Image.open(path).convert("RGB").resize((16, 16), Image.Resampling.BICUBIC), np.float32)
+        old.append((array.transpose(2, 0, 1) / 255.0 - np.array([0.5, 0.4, 0.3], np.float32).reshape(3, 1, 1))
+                   / np.array([0.2, 0.3, 0.25], np.float32).reshape(3, 1, 1))
+    assert torch.equal(on_device["pixel_values"], torch.from_numpy(np.stack(old)))  # bit for bit: the demo's pixels
+    assert torch.equal(on_device["pixel_values"][0], preprocess.load(paths[0]))
+
+
+def test_draft_decodes_jpegs_at_reduced_scale_close_to_every_pixel(tmp_path: Path) -> None:
+    jpeg, png = _photo(tmp_path / "photo.jpg", (640, 480)), _photo(tmp_path / "photo.png", (640, 480))
+    fast, full = ImagePreprocessor(64, [0.5] * 3, [0.5] * 3), ImagePreprocessor(64, [0.5] * 3, [0.5] * 3, draft=False)
+    with Image.open(jpeg) as image:
+        image.draft("RGB", (64, 64))
+        assert image.size == (160, 120)  # 1/4 scale: the smallest DCT scale that still covers 64 x 64
+    difference = (fast.decode(jpeg).float() - full.decode(jpeg).float()).abs()
+    assert 0 < difference.mean() < 3 and difference.max() < 40  # grey levels of 255
+    assert torch.equal(fast.decode(png), full.decode(png))  # draft mode only changes JPEGs
+
+
+def test_image_batches_keep_order_and_skip_bad_files(tmp_path: Path) -> None:
+    paths = [_photo(tmp_path / f"{i}.jpg", (40, 30), i) for i in range(5)]
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    paths.insert(2, tmp_path / "bad.jpg")
+    preprocess = ImagePreprocessor(16, [0.5] * 3, [0.5] * 3)
+    batches = list(image_batches(paths, preprocess, 4, 0))
+    assert [positions for _, positions in batches] == [[0, 1, 3], [4, 5]]  # positions in `paths`
+    first = batches[0][0]
+    assert first is not None and first.dtype == torch.uint8 and torch.equal(first[2], preprocess.decode(paths[3]))
+    assert loader_workers(3) == 3 and (torch.cuda.is_available() or loader_workers("auto") == 0)

@@ -13,12 +13,13 @@ from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.karpathy import ImageRecord
-from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.data.preprocessing import DECODE_ERRORS, ImagePreprocessor
 
 
 @dataclass
 class PairSample:
-    """One decoded training pair: None image = undecodable image, None caption = empty or undecodable caption.
+    """One decoded training pair: uint8 (3, S, S) pixels (the training step normalises them on the device), None image
+    = undecodable image, None caption = empty or undecodable caption.
     `features`: rows of the feature cache (teacher CLS, frozen encoder outputs); with them the image may be absent."""
 
     pixel_values: Tensor | None
@@ -37,8 +38,8 @@ def decode_pair(preprocess: ImagePreprocessor, source: str | Path | BinaryIO, ca
     if caption is None:
         return PairSample(None, None, image_id)
     try:
-        pixels: Tensor | None = preprocess.load(source)
-    except (OSError, ValueError, SyntaxError):
+        pixels: Tensor | None = preprocess.decode(source)
+    except DECODE_ERRORS:
         pixels = None
     return PairSample(pixels, caption, image_id)
 
@@ -60,7 +61,7 @@ class CaptionPairDataset(Dataset[PairSample]):
 
 
 class PairCollator:
-    """Stacks good samples, tokenises captions, and counts dropped samples and truncated captions."""
+    """Stacks good samples (images stay uint8), tokenises captions, and counts dropped samples and truncated captions."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
         self.tokenizer = tokenizer

@@ -1,56 +1,124 @@
-"""Image preprocessing without torchvision: decode, RGB, resize, normalise; settings from the image encoder."""
+"""Image preprocessing without torchvision: decode (JPEGs at reduced scale), RGB, resize to uint8 on the host;
+normalise on the device; settings from the image encoder. Loaders of image files for every image-reading job."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 from transformers import PretrainedConfig
 from transformers.image_processing_base import ImageProcessingMixin
 
 from mmd2v2.config import Config, EncoderConfig
 
-DEFAULTS: dict[str, Any] = {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resample": "bicubic"}
+DEFAULTS: dict[str, Any] = {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resample": "bicubic",
+                            "draft": True}
+DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for a missing, truncated or corrupt image
 
 
 class ImagePreprocessor:
-    """Turns an image file into a normalised (3, size, size) float tensor."""
+    """Turns an image file into a (3, size, size) uint8 tensor (`decode`) and batches of those into normalised floats
+    (`normalize`, on any device); `load` does both for one image.
 
-    def __init__(self, size: int, mean: list[float], std: list[float], resample: str = "bicubic") -> None:
+    `draft`: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still covers `size` before resizing; False
+    decodes every pixel (the pixels of exports made before this setting existed)."""
+
+    def __init__(self, size: int, mean: list[float], std: list[float], resample: str = "bicubic", draft: bool = True) -> None:
         if resample.upper() not in Image.Resampling.__members__:
             raise ValueError(f"resample: got '{resample}', expected one of {[m.lower() for m in Image.Resampling.__members__]}")
         self.size = size
         self.resample = resample.lower()
+        self.draft = draft
         self.mean_values, self.std_values = [float(v) for v in mean], [float(v) for v in std]
-        self.mean = np.asarray(self.mean_values, dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(self.std_values, dtype=np.float32).reshape(3, 1, 1)
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> ImagePreprocessor:
-        """Rebuild from `to_dict`'s output (files without `resample` are bicubic)."""
-        return cls(settings["size"], settings["mean"], settings["std"], settings.get("resample", "bicubic"))
+        """Rebuild from `to_dict`'s output (files without `resample` are bicubic, without `draft` fully decoded)."""
+        return cls(settings["size"], settings["mean"], settings["std"], settings.get("resample", "bicubic"),
+                   settings.get("draft", False))
 
-    def __call__(self, image: Image.Image) -> Tensor:
-        """Preprocess a decoded PIL image."""
+    def to_uint8(self, image: Image.Image) -> Tensor:
+        """A decoded PIL image as RGB, resized to (3, size, size) uint8."""
         image = image.convert("RGB")
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.Resampling[self.resample.upper()])
-        array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        return torch.from_numpy((array - self.mean) / self.std)
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
-    def load(self, path: str | Path) -> Tensor:
-        """Decode and preprocess an image file (raises OSError/ValueError when it cannot be decoded)."""
-        with Image.open(path) as image:
-            image.load()
-            return self(image)
+    def decode(self, source: str | Path | BinaryIO) -> Tensor:
+        """An image file as (3, size, size) uint8 (raises one of DECODE_ERRORS when it cannot be decoded)."""
+        with Image.open(source) as image:
+            if self.draft:
+                image.draft("RGB", (self.size, self.size))  # JPEG only: DCT scaling, the result stays >= size
+            return self.to_uint8(image)
+
+    def normalize(self, pixels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """uint8 (..., 3, H, W) pixels on any device as `dtype`: scaled to [0, 1], minus mean, over std (per channel)."""
+        mean = torch.tensor(self.mean_values, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std_values, device=pixels.device).view(3, 1, 1)
+        return ((pixels.float() / 255.0 - mean) / std).to(dtype)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        """Preprocess a decoded PIL image into a normalised (3, size, size) float tensor."""
+        return self.normalize(self.to_uint8(image))
+
+    def load(self, path: str | Path | BinaryIO) -> Tensor:
+        """Decode and normalise one image file (raises one of DECODE_ERRORS when it cannot be decoded)."""
+        return self.normalize(self.decode(path))
 
     def to_dict(self) -> dict[str, object]:
         """Settings for an exported checkpoint's preprocessing file."""
-        return {"size": self.size, "mean": self.mean_values, "std": self.std_values, "resample": self.resample}
+        return {"size": self.size, "mean": self.mean_values, "std": self.std_values, "resample": self.resample,
+                "draft": self.draft}
+
+
+class ImageFiles(Dataset[tuple[Tensor | None, int]]):
+    """Image files decoded to uint8 (None when undecodable), each with its position in `paths`."""
+
+    def __init__(self, paths: Sequence[str | Path], preprocess: ImagePreprocessor) -> None:
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int]:
+        try:
+            return self.preprocess.decode(self.paths[index]), index
+        except DECODE_ERRORS:
+            return None, index
+
+
+def collate_images(items: list[tuple[Tensor | None, int]]) -> tuple[Tensor | None, list[int]]:
+    """The decodable images of a batch stacked (uint8 (B, 3, S, S), None when there is none) and their positions."""
+    good = [(pixels, index) for pixels, index in items if pixels is not None]
+    return (torch.stack([p for p, _ in good]) if good else None), [i for _, i in good]
+
+
+def loader_workers(setting: int | str) -> int:
+    """Loader processes per rank for `data.num_workers`: a number as given; 'auto' = none without a GPU (the step
+    computes on every core, so decoding in parallel only competes with it), else this rank's share of the cores
+    less one for the training process, at most 16."""
+    if setting != "auto":
+        return int(setting)
+    if not torch.cuda.is_available():
+        return 0
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count())))
+    return max(1, min(16, len(os.sched_getaffinity(0)) // ranks - 1))
+
+
+def image_batches(paths: Sequence[str | Path], preprocess: ImagePreprocessor, batch_size: int,
+                  num_workers: int) -> DataLoader:
+    """Batches of `paths` in order, as `collate_images` gives them, decoded by `num_workers` processes (pinned
+    for a fast copy when there is a GPU)."""
+    return DataLoader(ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=collate_images, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(0))  # keeps the global RNG untouched
 
 
 def _processor_size(processor: dict[str, Any]) -> int | None:
@@ -90,7 +158,8 @@ def resolve_image_preprocessing(config: Config) -> ImagePreprocessor:
         found = timm_preprocessing(encoder, "model.image")
     else:
         found = hf_preprocessing(encoder)
-    explicit = {"size": config.data.image_size, "mean": config.data.image_mean, "std": config.data.image_std}
+    explicit = {"size": config.data.image_size, "mean": config.data.image_mean, "std": config.data.image_std,
+                "draft": config.data.jpeg_draft}
     settings = dict(DEFAULTS)
     for source in (found, explicit):
         settings.update({k: v for k, v in source.items() if v is not None})

@@ -97,8 +97,10 @@ def training_loader(data: TrainingData, collate: PairCollator, micro_batch: int,
         sampler = ResumableBatchSampler(data.num_pairs, micro_batch, accumulation, world, rank, seed, start_step,
                                         total_steps, with_epoch=getattr(data.sources[0].data, "wants_epoch", False))
         return DataLoader(data.sources[0].data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                          pin_memory=torch.cuda.is_available(),  # uint8 batches copied to the GPU without waiting
                           generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
     stream = MixedPairStream(data.sources, micro_batch, rank, world, num_workers, seed, start_step * accumulation,
                              total_steps * accumulation)
     return DataLoader(stream, batch_size=micro_batch, collate_fn=collate, num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched

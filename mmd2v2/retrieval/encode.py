@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from mmd2v2.data.karpathy import ImageRecord
+from mmd2v2.data.preprocessing import image_batches, loader_workers
 from mmd2v2.models.pretrained import PretrainedMMD2V2
 
 
@@ -27,30 +29,35 @@ class SplitEmbeddings:
 def encode_split(bundle: PretrainedMMD2V2, records: list[ImageRecord], batch_size: int = 128,
                  max_text_length: int = 64, progress: bool = True) -> SplitEmbeddings:
     """Encode every decodable image of `records` and all of its captions."""
-    model, device = bundle.model.eval(), next(bundle.model.parameters()).device
-    image_chunks, text_chunks, kept, skipped = [], [], [], 0
-    bar = tqdm(total=len(records), desc="encode images", unit="img", disable=not progress)
-    for start in range(0, len(records), batch_size):
-        pixels = []
-        for record in records[start : start + batch_size]:
-            try:
-                pixels.append(bundle.preprocess.load(record.path))
-                kept.append(record)
-            except (OSError, ValueError, SyntaxError):
-                skipped += 1
-        if pixels:
-            with torch.inference_mode():
-                image_chunks.append(model.encode_images(torch.stack(pixels).to(device)).float().cpu().numpy())
-        bar.update(len(records[start : start + batch_size]))
-    bar.close()
+    image_emb, positions = encode_image_files(bundle, [r.path for r in records], batch_size, progress)
+    kept = [records[i] for i in positions]
     if not kept:
         raise ValueError("no image of the split could be decoded")
     captions = [c for r in kept for c in r.captions]
     text_image_index = np.asarray([i for i, r in enumerate(kept) for _ in r.captions], dtype=np.int64)
+    text_chunks = []
     for start in tqdm(range(0, len(captions), batch_size), desc="encode texts", unit="batch", disable=not progress):
         emb = encode_texts(bundle, captions[start : start + batch_size], max_text_length)
         text_chunks.append(emb.float().cpu().numpy())
-    return SplitEmbeddings(np.concatenate(image_chunks), np.concatenate(text_chunks), text_image_index, skipped)
+    return SplitEmbeddings(image_emb, np.concatenate(text_chunks), text_image_index, len(records) - len(kept))
+
+
+def encode_image_files(bundle: PretrainedMMD2V2, paths: Sequence[str | Path], batch_size: int,
+                       progress: bool = False) -> tuple[np.ndarray, list[int]]:
+    """L2-normalised embeddings (N, D) of the decodable images of `paths` and their positions in it; images are
+    decoded to uint8 by loader workers where they pay and normalised on the model's device."""
+    model, device = bundle.model.eval(), next(bundle.model.parameters()).device
+    chunks, kept = [np.zeros((0, bundle.config.model.embed_dim), np.float32)], []
+    bar = tqdm(total=len(paths), desc="encode images", unit="img", disable=not progress)
+    for pixels, positions in image_batches(paths, bundle.preprocess, batch_size, loader_workers("auto")):
+        if pixels is not None:
+            with torch.inference_mode():
+                pixels = bundle.preprocess.normalize(pixels.to(device, non_blocking=True))
+                chunks.append(model.encode_images(pixels).float().cpu().numpy())
+            kept.extend(positions)
+        bar.update(min(batch_size, len(paths) - bar.n))
+    bar.close()
+    return np.concatenate(chunks), kept
 
 
 def encode_texts(bundle: PretrainedMMD2V2, texts: list[str], max_length: int | None = None) -> torch.Tensor:

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from mmd2v2.models.pretrained import PretrainedMMD2V2
-from mmd2v2.retrieval.encode import encode_texts
+from mmd2v2.retrieval.encode import encode_image_files, encode_texts
 from mmd2v2.retrieval.collection import Collection, image_path
 from mmd2v2.retrieval.index_store import (
     IndexFolder,
@@ -53,34 +52,15 @@ class BuildOptions:
 def encode_rows(bundle: PretrainedMMD2V2, rows: list[dict[str, Any]], sources: list[dict[str, str]],
                 batch_size: int) -> tuple[np.ndarray, list[dict[str, Any]], int]:
     """Embeddings of the rows that could be read (images decoded, texts tokenised), those rows, and the skip count."""
-    model = bundle.model.eval()
-    device = next(model.parameters()).device
-    vectors: list[np.ndarray] = []
-    kept: list[dict[str, Any]] = []
-    skipped = 0
-    for kind in ("image", "text"):
-        subset = [r for r in rows if r["kind"] == kind]
-        for start in range(0, len(subset), batch_size):
-            chunk = subset[start : start + batch_size]
-            if kind == "image":
-                pixels, good = [], []
-                for row in chunk:
-                    try:
-                        pixels.append(bundle.preprocess.load(image_path(row, sources)))
-                        good.append(row)
-                    except (OSError, ValueError, SyntaxError):
-                        skipped += 1
-                if not good:
-                    continue
-                with torch.inference_mode():
-                    emb = model.encode_images(torch.stack(pixels).to(device))
-            else:
-                good = chunk
-                emb = encode_texts(bundle, [r["text"] for r in chunk])
-            vectors.append(emb.float().cpu().numpy())
-            kept.extend(good)
-    dim = bundle.config.model.embed_dim
-    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), kept, skipped
+    images = [r for r in rows if r["kind"] == "image"]
+    texts = [r for r in rows if r["kind"] == "text"]
+    image_emb, positions = encode_image_files(bundle, [image_path(r, sources) for r in images], batch_size)
+    vectors, kept = [image_emb], [images[i] for i in positions]
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        vectors.append(encode_texts(bundle, [r["text"] for r in chunk]).float().cpu().numpy())
+        kept.extend(chunk)
+    return np.concatenate(vectors), kept, len(images) - len(positions)
 
 
 def _rank_world() -> tuple[int, int]:

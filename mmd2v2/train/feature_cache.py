@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -37,9 +37,8 @@ from mmd2v2.data.feature_cache import (
     write_manifest,
     write_shard,
 )
-from mmd2v2.data.karpathy import ImageRecord
 from mmd2v2.data.pairs import CaptionPairDataset, PairSample
-from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.data.preprocessing import ImagePreprocessor, image_batches, loader_workers
 from mmd2v2.data.sources import TrainingData
 from mmd2v2.losses.distributed import data_parallel_world
 from mmd2v2.models.mmd2v2 import MMD2V2
@@ -115,27 +114,6 @@ def stored_view(config: Config, image_row: int, view: int) -> Tensor:
                           augmentation["flip_prob"])
 
 
-class _Images(Dataset[tuple[Tensor | None, int]]):
-    """Decoded images of some records (None when undecodable), with their row numbers."""
-
-    def __init__(self, records: list[ImageRecord], rows: range, preprocess: ImagePreprocessor) -> None:
-        self.records, self.rows, self.preprocess = records, rows, preprocess
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> tuple[Tensor | None, int]:
-        try:
-            return self.preprocess.load(self.records[self.rows[index]].path), index
-        except (OSError, ValueError, SyntaxError):
-            return None, index
-
-
-def _collate_images(items: list[tuple[Tensor | None, int]]) -> tuple[Tensor | None, list[int]]:
-    good = [(pixels, index) for pixels, index in items if pixels is not None]
-    return (torch.stack([p for p, _ in good]) if good else None), [i for _, i in good]
-
-
 def _build_image_shard(plan: CachePlan, folder: Path, shard: int, source: CaptionPairDataset, preprocess: ImagePreprocessor,
                        teacher: ImageTeacher | None, student: MMD2V2, config: Config, device: torch.device) -> None:
     kinds = [k for k in plan.kinds if k in PER_IMAGE]
@@ -143,14 +121,13 @@ def _build_image_shard(plan: CachePlan, folder: Path, shard: int, source: Captio
     arrays = {k: np.zeros((len(rows), plan.views, *plan.kinds[k]), dtype=np.float16) for k in kinds}
     augmented = crop_flip_settings(config.data) is not None
     valid = np.zeros(len(rows), dtype=bool)
-    loader = DataLoader(_Images(source.records, rows, preprocess), batch_size=config.cache.batch_size,
-                        num_workers=config.data.num_workers, collate_fn=_collate_images,
-                        generator=torch.Generator().manual_seed(shard))  # keeps the global RNG untouched
+    loader = image_batches([source.records[row].path for row in rows], preprocess, config.cache.batch_size,
+                           loader_workers(config.data.num_workers))
     with torch.inference_mode():
         for pixels, positions in loader:
             if pixels is None:
                 continue
-            pixels = pixels.to(device)
+            pixels = preprocess.normalize(pixels.to(device, non_blocking=True))
             valid[positions] = True
             for view in range(plan.views):
                 seen = pixels

@@ -22,7 +22,7 @@ from mmd2v2.data.augmentation import apply_crop_flip, crop_flip_settings, random
 from mmd2v2.data.demo_scenes import write_demo_dataset
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator
 from mmd2v2.data.sources import TrainingData, configured_sources, load_training_data, training_loader
-from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
+from mmd2v2.data.preprocessing import ImagePreprocessor, loader_workers, resolve_image_preprocessing
 from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
 from mmd2v2.files import write_text_atomic
 from mmd2v2.losses.objective import MMD2V2Objective
@@ -93,8 +93,14 @@ def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTo
     return tokenizer, config
 
 
-def _to_device(batch: dict[str, Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
+def _to_device(batch: dict[str, Tensor], device: torch.device, dtype: torch.dtype,
+               preprocess: ImagePreprocessor) -> dict[str, Tensor]:
+    """The batch on the device (copied from pinned memory without waiting), uint8 pixels normalised there to `dtype`."""
+    batch = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, non_blocking=True)
+             for k, v in batch.items()}
+    if batch["pixel_values"].dtype == torch.uint8:
+        batch["pixel_values"] = preprocess.normalize(batch["pixel_values"], dtype)
+    return batch
 
 
 @dataclasses.dataclass
@@ -196,7 +202,8 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
         print(cache_note)
 
     loader = training_loader(data, PairCollator(tokenizer, config.data.max_text_length), config.trainer.micro_batch_size,
-                             accumulation, rank, world, config.data.num_workers, config.trainer.seed, step, total_steps)
+                             accumulation, rank, world, loader_workers(config.data.num_workers), config.trainer.seed, step,
+                             total_steps)
     writer = SummaryWriter(str(output_dir / "tb")) if rank == 0 else None
     window, samples_since, last_log = MetricWindow(), 0, time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
@@ -214,7 +221,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
         if len(batch["image_ids"]) < 2:
             continue  # nothing to contrast (only possible when almost a whole batch failed to decode)
         crop_theta = batch.pop("crop_theta", None)  # float32: the stored view whose teacher target the cache holds
-        batch = _to_device(batch, device, dtype)
+        batch = _to_device(batch, device, dtype, preprocess)
         if crop_theta is not None:
             batch["pixel_values"] = apply_crop_flip(batch["pixel_values"], crop_theta)
         elif batch["pixel_values"].numel() and augmentation is not None:
