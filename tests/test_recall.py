@@ -8,6 +8,7 @@ import torch
 from torchmetrics.retrieval import RetrievalHitRate
 
 from mmd2v2.retrieval import first_hit_ranks, format_recall_table, recall_at_k, recall_curve, rsum
+from mmd2v2.retrieval.recall import RankStats, hit_probabilities, rank_statistics, tied_counts
 
 # Three images and five captions in 2-D (captions 0, 1 belong to image 0; 2 to image 1; 3, 4 to image 2).
 IMAGES = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
@@ -169,3 +170,106 @@ def test_table_shows_numbers_and_rsum() -> None:
     assert lines[2].split() == ["text→image", "40.00", "80.00", "100.00"]
     assert lines[3].split() == ["rsum", "453.33", "mean", "75.56"]  # 453.33 / 6
     assert len({len(line) for line in lines[:3]}) == 1  # the rows are aligned
+
+
+# Ties: expected recall under a uniformly random order of exactly tied items (mmd2v2/retrieval/recall.py).
+
+
+def _enumerated_hit(above: int, wrong: int, right: int, k: int) -> float:
+    """Hit probability at k by enumerating every equally likely set of places of the correct items among the tied."""
+    from itertools import combinations
+
+    places = list(combinations(range(wrong + right), right))
+    return sum(above + min(chosen) < k for chosen in places) / len(places)
+
+
+def test_hit_probabilities_by_hand_and_by_enumeration() -> None:
+    # a = wrong items above, m tied wrong, p tied correct. (0, 2, 2): P(first correct first) = 2/4; in the top 2:
+    # 1 - P(both first places wrong) = 1 - (2/4)(1/3) = 5/6; top 3: 1. (1, 2, 2) shifts those by one place.
+    stats = RankStats(np.array([0, 1, 0, 3]), np.array([2, 2, 0, 5]), np.array([2, 2, 1, 1]), np.zeros(4, np.int64))
+    hits = hit_probabilities(stats, [1, 2, 3])
+    assert np.allclose(hits[:3], [[1 / 2, 5 / 6, 1.0], [0.0, 1 / 2, 5 / 6], [1.0, 1.0, 1.0]], atol=1e-12)
+    assert hits[3].tolist() == [0.0, 0.0, 0.0]  # three wrong items above: never in the top 3
+    for above, wrong, right in [(0, 1, 1), (0, 4, 1), (1, 3, 2), (2, 5, 3), (0, 6, 4), (4, 2, 1)]:
+        row = RankStats(*(np.array([v]) for v in (above, wrong, right, 0)))
+        expected = [_enumerated_hit(above, wrong, right, k) for k in range(1, 9)]
+        assert hit_probabilities(row, range(1, 9))[0].tolist() == pytest.approx(expected, abs=1e-12)
+
+
+# Image 0 = [1, 0], image 1 = [0, 1]. Caption 0 (image 0) and caption 1 (image 1) are the same text [1, 0];
+# caption 2 (image 1) is [0, 1], caption 3 (image 1) is [0.6, 0.8].
+TIE_IMAGES = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+TIE_TEXTS = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+TIE_OWNER = np.array([0, 1, 1, 1])
+
+
+def test_exact_ties_by_hand() -> None:
+    # image 0 scores texts [1, 1, 0, .6]: its caption 0 ties with image 1's caption 1 → P(hit@1) = 1/2, then 1
+    # image 1 scores texts [0, 0, 1, .8]: its caption 2 first → hit
+    # caption 0 scores images [1, 0] → hit; caption 1 (image 1) → [1, 0]: one wrong image above → hit only at 2
+    # caption 2 → [0, 1] → hit; caption 3 → [.6, .8] → hit
+    recalls = recall_at_k(TIE_IMAGES, TIE_TEXTS, TIE_OWNER, ks=(1, 2))
+    assert recalls["image_to_text"] == pytest.approx({"R@1": 75.0, "R@2": 100.0})
+    assert recalls["text_to_image"] == pytest.approx({"R@1": 75.0, "R@2": 100.0})
+    i2t, t2i = rank_statistics(TIE_IMAGES, TIE_TEXTS, TIE_OWNER)
+    assert i2t.above.tolist() == [0, 0] and i2t.tied_wrong.tolist() == [1, 0] and i2t.tied_right.tolist() == [1, 1]
+    assert t2i.above.tolist() == [0, 1, 0, 0] and t2i.tied_wrong.tolist() == [0, 0, 0, 0]
+    # first_hit_ranks breaks ties by index: caption 0 (correct) is listed before caption 1 → rank 0
+    ranks = first_hit_ranks(TIE_IMAGES, TIE_TEXTS, TIE_OWNER)
+    assert ranks[0].tolist() == [0, 0] and ranks[1].tolist() == [0, 1, 0, 0]
+    swapped = first_hit_ranks(TIE_IMAGES, TIE_TEXTS[[1, 0, 2, 3]], TIE_OWNER[[1, 0, 2, 3]])
+    assert swapped[0].tolist() == [1, 0]  # now image 1's identical caption comes first
+    assert tied_counts(TIE_IMAGES, TIE_TEXTS, TIE_OWNER) == {"tied_captions": 2, "tied_images": 0}
+    report = {**recalls, "num_texts": 4, **tied_counts(TIE_IMAGES, TIE_TEXTS, TIE_OWNER)}
+    assert format_recall_table(report).splitlines()[-1].startswith("ties: 2 of 4 captions identical to another image's")
+
+
+def _with_duplicates(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """200 images with 5 captions each; 120 captions copy a caption of ANOTHER image (exactly, as identical
+    captions encoded alike do), and two images are exact copies of each other."""
+    image, text, owner = _random_set(seed, images=200)
+    rng = np.random.default_rng(seed + 100)
+    for target in rng.choice(len(text), size=120, replace=False):
+        source = rng.choice(np.flatnonzero(owner != owner[target]))
+        text[target] = text[source]
+    image[7] = image[3]
+    return image, text, owner
+
+
+def test_ties_are_deterministic_and_between_the_extremes() -> None:
+    image, text, owner = _with_duplicates(5)
+    recalls = recall_at_k(image, text, owner, ks=(1, 5, 10))
+    # independent of the order of the captions and of the blocking
+    order = np.random.default_rng(0).permutation(len(text))
+    shuffled = recall_at_k(image, text[order], owner[order], ks=(1, 5, 10))
+    for direction in recalls:
+        assert shuffled[direction] == pytest.approx(recalls[direction], abs=1e-9)
+    small_blocks = rank_statistics(image, text, owner, query_block=3)
+    for got, want in zip(small_blocks, rank_statistics(image, text, owner)):
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    # between the pessimistic (every tie lost) and optimistic (every tie won) brute-force rankings
+    scores = image.astype(np.float64) @ text.T.astype(np.float64)
+    right = owner[None, :] == np.arange(len(image))[:, None]
+    best = np.where(right, scores, -np.inf).max(axis=1, keepdims=True)
+    optimistic = (~right & (scores > best)).sum(axis=1)
+    pessimistic = optimistic + (~right & (scores == best)).sum(axis=1)
+    assert (pessimistic > optimistic).sum() > 10  # the duplicates really tie
+    for k in (1, 5, 10):
+        assert 100 * np.mean(pessimistic < k) <= recalls["image_to_text"][f"R@{k}"] <= 100 * np.mean(optimistic < k)
+    assert 100 * np.mean(pessimistic < 1) < recalls["image_to_text"]["R@1"] < 100 * np.mean(optimistic < 1)
+    counts = tied_counts(image, text, owner)
+    assert counts["tied_images"] == 2 and 200 <= counts["tied_captions"] <= 240  # each copy and (usually) its source
+    i2t, t2i = rank_statistics(image, text, owner)
+    assert t2i.tied_wrong[owner == 3].tolist() == [1] * 5 and t2i.tied_wrong[owner == 7].tolist() == [1] * 5
+    assert np.array_equal(i2t.above, optimistic) and np.array_equal(i2t.above + i2t.tied_wrong, pessimistic)
+
+
+def test_no_ties_keep_the_plain_definition() -> None:
+    image, text, owner = _random_set(6, images=80)
+    i2t, t2i = rank_statistics(image, text, owner)
+    assert not i2t.tied_wrong.any() and not t2i.tied_wrong.any()
+    assert tied_counts(image, text, owner) == {"tied_captions": 0, "tied_images": 0}
+    recalls = recall_at_k(image, text, owner, ks=(1, 5, 10))
+    for k in (1, 5, 10):
+        assert recalls["image_to_text"][f"R@{k}"] == pytest.approx(100 * np.mean(i2t.index_rank < k), abs=1e-12)
+        assert recalls["text_to_image"][f"R@{k}"] == pytest.approx(100 * np.mean(t2i.index_rank < k), abs=1e-12)

@@ -35,11 +35,14 @@ def encode_split(bundle: PretrainedMMD2V2, records: list[ImageRecord], batch_siz
         raise ValueError("no image of the split could be decoded")
     captions = [c for r in kept for c in r.captions]
     text_image_index = np.asarray([i for i, r in enumerate(kept) for _ in r.captions], dtype=np.int64)
+    distinct = list(dict.fromkeys(captions))  # each distinct caption encoded once: identical captions, identical rows
     text_chunks = []
-    for start in tqdm(range(0, len(captions), batch_size), desc="encode texts", unit="batch", disable=not progress):
-        emb = encode_texts(bundle, captions[start : start + batch_size], max_text_length)
+    for start in tqdm(range(0, len(distinct), batch_size), desc="encode texts", unit="batch", disable=not progress):
+        emb = encode_texts(bundle, distinct[start : start + batch_size], max_text_length)
         text_chunks.append(emb.float().cpu().numpy())
-    return SplitEmbeddings(image_emb, np.concatenate(text_chunks), text_image_index, len(records) - len(kept))
+    row = {caption: index for index, caption in enumerate(distinct)}
+    text_emb = np.concatenate(text_chunks)[[row[c] for c in captions]]
+    return SplitEmbeddings(image_emb, text_emb, text_image_index, len(records) - len(kept))
 
 
 def encode_image_files(bundle: PretrainedMMD2V2, paths: Sequence[str | Path], batch_size: int,

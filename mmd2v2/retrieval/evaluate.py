@@ -8,7 +8,7 @@ from mmd2v2.config import Config
 from mmd2v2.data.karpathy import load_karpathy_split
 from mmd2v2.models.pretrained import PretrainedMMD2V2
 from mmd2v2.retrieval.encode import SplitEmbeddings, encode_split
-from mmd2v2.retrieval.recall import recall_at_k, rsum
+from mmd2v2.retrieval.recall import TIE_RULE, recall_at_k, rsum, tied_counts
 
 
 def resolve_dataset(config: Config) -> tuple[Path, Path | None]:
@@ -30,13 +30,14 @@ def resolve_dataset(config: Config) -> tuple[Path, Path | None]:
 
 
 def recall_report(embeddings: SplitEmbeddings, split: str, ks: list[int]) -> dict[str, object]:
-    """Recall@k both ways, their sum (rsum) and mean, and the split's sizes."""
+    """Recall@k both ways (ties: TIE_RULE), their sum (rsum) and mean, the split's sizes and its tied captions."""
     recalls = recall_at_k(embeddings.image_emb, embeddings.text_emb, embeddings.text_image_index, ks)
     total = rsum(recalls)
     report: dict[str, object] = dict(recalls)
     report.update({"rsum": total, "mean_recall": total / (2 * len(ks)), "split": split,
                    "num_images": int(len(embeddings.image_emb)), "num_texts": int(len(embeddings.text_emb)),
-                   "skipped_images": embeddings.num_skipped})
+                   "skipped_images": embeddings.num_skipped, "tie_rule": TIE_RULE,
+                   **tied_counts(embeddings.image_emb, embeddings.text_emb, embeddings.text_image_index)})
     return report
 
 
