@@ -73,7 +73,9 @@ class ModelConfig:
     image: EncoderConfig = field(default_factory=lambda: EncoderConfig(family="data2vec-vision"))
     text: EncoderConfig = field(default_factory=lambda: EncoderConfig(family="data2vec-text"))
     shared: SharedConfig = field(default_factory=SharedConfig)
-    embed_dim: int = 768  # retrieval embedding size (projection of the shared CLS)
+    embed_dim: int = 768  # retrieval embedding size (projection of the shared CLS; = shared.width without projection)
+    projection: bool = True  # linear map of the CLS to embed_dim (only the contrastive loss trains it); false: the CLS
+    distill_head: bool = True  # LayerNorm + linear head (training only) whose output is distilled; false: the CLS is
     modality_embeddings: bool = True  # learnable per-modality embedding added before the shared blocks
     modality_layer_scale_init: float = 1e-5
 
@@ -160,7 +162,7 @@ class LossConfig:
     max_logit_scale: float = 100.0
     learnable_temperature: bool = True
     contrastive_memory_bank: int = 0  # past embeddings as extra negatives; unstable in the thesis, off
-    kd_weight: float = 1.0
+    kd_weight: float = 1.0  # weight of kd = ½ (image term + text term), for every kd_kind
     kd_kind: Literal["mse", "l1", "cosine", "contrastive"] = "mse"
     kd_bank_size: int = 65536  # teacher CLS memory bank for kd_kind=contrastive
     kd_init_temperature: float = 0.07

@@ -60,3 +60,51 @@ def test_export_overwrites_atomically_and_refuses_incomplete(tmp_path: Path) -> 
     (folder / "preprocessing.json").unlink()
     with pytest.raises(FileNotFoundError, match="missing 'preprocessing.json'"):
         load_pretrained(folder)
+
+
+def test_distillation_only_export_retrieves_with_trained_parameters_only(tmp_path: Path) -> None:
+    """The prototype's form (contrastive_weight 0, no projection, the CLS distilled itself): after two AdamW steps
+    (no weight decay, so a change means a gradient) every exported tensor has moved from its initial value, the
+    projection is the identity, and recall equals the recall of the normalised distilled outputs."""
+    from mmd2v2.config import LossConfig
+    from mmd2v2.losses.objective import MMD2V2Objective
+    from mmd2v2.retrieval.recall import recall_at_k
+
+    tokenizer = build_word_tokenizer("a red blue green circle square big small".split())
+    model_cfg = ModelConfig(image=EncoderConfig(family="data2vec-vision", config=TINY_VISION, num_blocks=2),
+                            text=EncoderConfig(family="data2vec-text", config={**TINY_TEXT, "vocab_size": len(tokenizer)},
+                                               num_blocks=2),
+                            shared=SharedConfig(depth=1, width=32, heads=2), embed_dim=32, projection=False,
+                            distill_head=False, modality_embeddings=False)
+    config = Config(model=model_cfg, loss=LossConfig(contrastive_weight=0.0, kd_kind="mse", kd_weight=2.0))
+    torch.manual_seed(0)
+    model = MMD2V2(model_cfg, teacher_dim=32)
+    objective = MMD2V2Objective(config.loss, model_cfg.embed_dim, teacher_dim=32)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    pixels, teacher_cls = torch.randn(6, 3, 32, 32), torch.randn(6, 32)
+    tokens = tokenizer(["a red circle", "a blue square", "a big green circle", "a small red square", "a blue circle",
+                        "a green square"], padding=True, return_tensors="pt")
+    for _ in range(2):
+        image = model.image_forward(pixels)
+        text = model.text_forward(tokens["input_ids"], tokens["attention_mask"])
+        terms = objective(image, text, teacher_cls, torch.arange(6))
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+    assert "contrastive" not in terms and isinstance(model.projection, torch.nn.Identity)
+    folder = save_pretrained(model.eval(), config, tokenizer, ImagePreprocessor(32, [0.5] * 3, [0.5] * 3),
+                             tmp_path / "export", {})
+    bundle = load_pretrained(folder)
+    exported = bundle.model.state_dict()
+    assert set(exported) == set(initial) and not any(k.startswith("projection") for k in exported)
+    unchanged = [k for k, v in exported.items() if v.is_floating_point() and torch.equal(v, initial[k])]
+    assert unchanged == []
+    with torch.no_grad():
+        distilled_images = torch.nn.functional.normalize(model.image_forward(pixels).distill, dim=-1)
+        distilled_texts = torch.nn.functional.normalize(model.text_forward(tokens["input_ids"], tokens["attention_mask"]).distill, dim=-1)
+    images = bundle.model.encode_images(pixels)
+    texts = bundle.model.encode_texts(tokens["input_ids"], tokens["attention_mask"])
+    assert torch.allclose(images, distilled_images, atol=1e-6) and torch.allclose(texts, distilled_texts, atol=1e-6)
+    owner = torch.arange(6)
+    assert recall_at_k(images, texts, owner) == recall_at_k(distilled_images, distilled_texts, owner)

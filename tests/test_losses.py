@@ -165,3 +165,35 @@ def test_contrastive_distillation_masks_duplicate_images_and_trains_only_the_stu
     assert teacher.grad is None and student.grad is not None
     assert kd.log_logit_scale.grad is not None and kd.log_logit_scale.grad.abs().item() > 0
     assert kd.bank.contents()[1].tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1", "cosine", "contrastive"])
+def test_objective_kd_is_the_mean_of_the_image_and_text_terms(kind: str) -> None:
+    from mmd2v2.config import LossConfig
+    from mmd2v2.losses.objective import MMD2V2Objective
+    from mmd2v2.models.mmd2v2 import ModalityOutput
+
+    # one definition for every kind: kd = ½ (image term + text term), and the total adds kd_weight × kd
+    objective = MMD2V2Objective(LossConfig(contrastive_weight=0.0, kd_kind=kind, kd_weight=3.0, kd_init_temperature=1.0),
+                                embed_dim=2, teacher_dim=2)
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    image = ModalityOutput(torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    text = ModalityOutput(torch.zeros(2, 2), torch.tensor([[0.0, 2.0], [0.0, 1.0]]))
+    out = objective(image, text, teacher, torch.tensor([0, 1]))
+    by_hand = {  # image rows vs teacher: [0, 0] and [1, 1] apart; text rows: [1, 2] and [0, 0]
+        "mse": ((0 + 0 + 1 + 1) / 4, (1 + 4 + 0 + 0) / 4), "l1": ((0 + 0 + 1 + 1) / 4, (1 + 2 + 0 + 0) / 4),
+        "cosine": ((0 + 1) / 2, (1 + 0) / 2),
+        "contrastive": ((ce([1, 0], 0) + ce([1, 0], 1)) / 2, (ce([0, 1], 0) + ce([0, 1], 1)) / 2)}[kind]
+    assert out["kd_image"].item() == pytest.approx(by_hand[0], rel=1e-6)
+    assert out["kd_text"].item() == pytest.approx(by_hand[1], rel=1e-6)
+    assert out["kd"].item() == pytest.approx((by_hand[0] + by_hand[1]) / 2, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(3.0 * (by_hand[0] + by_hand[1]) / 2, rel=1e-6)
+
+
+def test_objective_refuses_distillation_without_a_teacher() -> None:
+    from mmd2v2.config import LossConfig
+    from mmd2v2.losses.objective import MMD2V2Objective
+
+    with pytest.raises(ValueError, match=r"loss.kd_weight is 0.5 but there is no teacher \(teacher.enabled: false\)"):
+        MMD2V2Objective(LossConfig(kd_weight=0.5), embed_dim=2, teacher_dim=None)
+    assert MMD2V2Objective(LossConfig(kd_weight=0.0), embed_dim=2, teacher_dim=None).contrastive is not None

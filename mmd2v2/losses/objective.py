@@ -1,4 +1,10 @@
-"""The MM-D2V2 training objective: contrastive image-text loss plus distillation towards the teacher CLS."""
+"""The MM-D2V2 training objective: contrastive image-text loss plus distillation towards the teacher CLS.
+
+loss = contrastive_weight · ½ (image→text + text→image) + kd_weight · kd, with kd = ½ (image term + text term)
+for every kd_kind (mse, l1, cosine and contrastive alike): the mean over the two modalities, so kd_weight means the
+same for each kind. The thesis's prototype minimised MSE(image) + MSE(text), i.e. kd_weight 2 here; its final
+model ½ CE(image→teacher) + ½ CE(text→teacher), i.e. kd = that term.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +29,15 @@ class MMD2V2Objective(nn.Module):
             memory_bank_size=cfg.contrastive_memory_bank,
             embed_dim=embed_dim,
         ) if cfg.contrastive_weight > 0 else None
-        self.uses_teacher = cfg.kd_weight > 0 and teacher_dim is not None
+        if cfg.kd_weight > 0 and teacher_dim is None:
+            raise ValueError(f"loss.kd_weight is {cfg.kd_weight} but there is no teacher (teacher.enabled: false)")
+        self.uses_teacher = cfg.kd_weight > 0
         self.contrastive_kd = ContrastiveDistillation(
             teacher_dim, bank_size=cfg.kd_bank_size, init_temperature=cfg.kd_init_temperature,
             max_logit_scale=cfg.max_logit_scale,
         ) if self.uses_teacher and cfg.kd_kind == "contrastive" and teacher_dim else None
         if self.contrastive is None and not self.uses_teacher:
-            raise ValueError("loss: both loss.contrastive_weight and loss.kd_weight are 0 (or no teacher): nothing to train")
+            raise ValueError("loss: both loss.contrastive_weight and loss.kd_weight are 0: nothing to train")
 
     def forward(self, image: ModalityOutput, text: ModalityOutput, teacher_cls: Tensor | None, image_ids: Tensor,
                 batch_size: int | None = None) -> dict[str, Tensor]:
@@ -48,7 +56,7 @@ class MMD2V2Objective(nn.Module):
             else:
                 terms["kd_image"] = regression_distillation(image.distill, teacher_cls, self.cfg.kd_kind)
                 terms["kd_text"] = regression_distillation(text.distill, teacher_cls, self.cfg.kd_kind)
-                terms["kd"] = terms["kd_image"] + terms["kd_text"]
+                terms["kd"] = 0.5 * terms["kd_image"] + 0.5 * terms["kd_text"]
             total = total + self.cfg.kd_weight * terms["kd"]
         terms["loss"] = total
         return terms

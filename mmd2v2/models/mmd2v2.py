@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmd2v2.config import ModelConfig
+from mmd2v2.config import ConfigError, ModelConfig
 from mmd2v2.models.shared import LayerScale, SharedTransformer
 from mmd2v2.models.unimodal import UnimodalEncoder
 
@@ -33,8 +33,16 @@ class MMD2V2(nn.Module):
         self.modality_embedding = nn.Parameter(torch.randn(2, width) * 0.02) if cfg.modality_embeddings else None
         self.modality_scale = LayerScale(width, cfg.modality_layer_scale_init) if cfg.modality_embeddings else None
         self.shared = SharedTransformer(cfg.shared)
-        self.projection = nn.Linear(width, cfg.embed_dim, bias=False)
-        self.distill_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, teacher_dim)) if teacher_dim else None
+        if not cfg.projection and cfg.embed_dim != width:
+            raise ConfigError(f"model.embed_dim: got {cfg.embed_dim}, but without model.projection the embedding is the "
+                              f"shared CLS of model.shared.width {width}")
+        if teacher_dim and not cfg.distill_head and teacher_dim != width:
+            raise ConfigError(f"model.distill_head: false distils the shared CLS (model.shared.width {width}) itself, "
+                              f"but the teacher's CLS has {teacher_dim} dims")
+        # retrieval: normalize(projection(cls)); distillation: distill_head(cls). Either may be the identity.
+        self.projection = nn.Linear(width, cfg.embed_dim, bias=False) if cfg.projection else nn.Identity()
+        self.distill_head = (nn.Sequential(nn.LayerNorm(width), nn.Linear(width, teacher_dim)) if cfg.distill_head
+                             else nn.Identity()) if teacher_dim else None
 
     def add_modality(self, tokens: Tensor, modality: int) -> Tensor:
         """Tokens (B, T, width) plus the LayerScale-scaled embedding of their modality (0 image, 1 text), as the
