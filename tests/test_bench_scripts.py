@@ -83,3 +83,19 @@ def test_bench_train_prints_and_appends_the_cached_against_uncached_table(tmp_pa
         assert float(row[2]) == 8 and float(row[4]) > 0 and float(row[5]) > 0 and row[8].strip().endswith("x")
     assert rows[0][8].strip() == "1.00x"
     assert "Training throughput" in report.read_text() and "| demo | teacher cached |" in report.read_text()
+
+
+def test_bench_input_compares_the_fast_path_with_todays_in_the_same_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("skimage")  # the bench's real photos (dev extra)
+    monkeypatch.setattr(sys, "argv", ["bench_input.py", "--images", "6", "--batch", "4", "--size", "32", "--workers", "0",
+                                      "--data-dir", str(tmp_path)])
+    runpy.run_path(str(ROOT / "scripts" / "bench_input.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["loader", "path", "workers"])
+    rows = [(line[:18].strip(), line[18:30].strip(), *line[30:].split()) for line in lines[header + 1 : header + 7]]
+    assert [row[:3] for row in rows] == [(loader, path, "0") for loader in ("training pairs", "cache/index/eval")
+                                         for path in ("baseline", "uint8 only", "fast")]
+    assert all(float(row[3]) > 0 and float(row[4]) > 0 and row[5].endswith("x") and int(row[6]) >= 1 for row in rows)
+    assert rows[0][5] == "1.00x" and any(line.startswith("pixels of the fast path") and "PSNR" in line for line in lines)
+    assert len(list(tmp_path.glob("*.jpg"))) == 6

@@ -79,7 +79,7 @@ def test_undecodable_images_are_skipped_and_counted(tmp_path: Path) -> None:
     tokenizer = build_word_tokenizer(["a", "photo", "number"])
     batch = PairCollator(tokenizer, 8)([dataset[i] for i in range(len(dataset))])
     assert int(batch["num_skipped"]) == 1
-    assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["image_ids"].tolist() == [0, 1]
+    assert batch["pixel_values"].shape == (2, 16, 16, 3) and batch["image_ids"].tolist() == [0, 1]
     assert batch["input_ids"][0, 0] == tokenizer.cls_token_id
 
 

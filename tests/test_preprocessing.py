@@ -110,7 +110,7 @@ def test_host_keeps_uint8_and_the_step_normalises_exactly_as_the_float_path(tmp_
     samples = [PairSample(preprocess.decode(path), "a circle", i) for i, path in enumerate(paths)]
     assert samples[0].pixel_values is not None and samples[0].pixel_values.dtype == torch.uint8
     batch = PairCollator(build_word_tokenizer(["a", "circle"]), 8)(samples)
-    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (3, 3, 16, 16)
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (3, 16, 16, 3)  # channels last
     on_device = _to_device(batch, torch.device("cpu"), torch.float32, preprocess)
     old = []  # the float32 host path this replaces: decode every pixel, resize, normalise with NumPy
     for path in paths:

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.karpathy import ImageRecord
@@ -18,7 +18,7 @@ from mmd2v2.data.preprocessing import DECODE_ERRORS, ImagePreprocessor
 
 @dataclass
 class PairSample:
-    """One decoded training pair: uint8 (3, S, S) pixels (the training step normalises them on the device), None image
+    """One decoded training pair: uint8 (S, S, 3) pixels (the training step normalises them on the device), None image
     = undecodable image, None caption = empty or undecodable caption.
     `features`: rows of the feature cache (teacher CLS, frozen encoder outputs); with them the image may be absent."""
 
@@ -75,7 +75,7 @@ class PairCollator:
         ) if good else {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
         with_pixels = bool(good) and all(s.pixel_values is not None for s in good)
         batch = {
-            "pixel_values": torch.stack([s.pixel_values for s in good]) if with_pixels else torch.zeros(0),  # type: ignore[misc]
+            "pixel_values": default_collate([s.pixel_values for s in good]) if with_pixels else torch.zeros(0),  # in shared memory in a worker
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "image_ids": torch.tensor([s.image_id for s in good], dtype=torch.long),

@@ -1,5 +1,5 @@
 """Image preprocessing without torchvision: decode (JPEGs at reduced scale), RGB, resize to uint8 on the host;
-normalise on the device; settings from the image encoder. Loaders of image files for every image-reading job."""
+normalise on the device; settings from the image encoder. The loader of image files for every image-reading job."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from transformers import PretrainedConfig
 from transformers.image_processing_base import ImageProcessingMixin
 
@@ -24,8 +24,9 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for a miss
 
 
 class ImagePreprocessor:
-    """Turns an image file into a (3, size, size) uint8 tensor (`decode`) and batches of those into normalised floats
-    (`normalize`, on any device); `load` does both for one image.
+    """Turns an image file into a (size, size, 3) uint8 tensor (`decode`, channels last as decoded: batches of them
+    stack with plain copies) and batches of those into normalised (..., 3, size, size) floats (`normalize`, on any
+    device); `load` does both for one image.
 
     `draft`: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still covers `size` before resizing; False
     decodes every pixel (the pixels of exports made before this setting existed)."""
@@ -45,24 +46,26 @@ class ImagePreprocessor:
                    settings.get("draft", False))
 
     def to_uint8(self, image: Image.Image) -> Tensor:
-        """A decoded PIL image as RGB, resized to (3, size, size) uint8."""
-        image = image.convert("RGB")
+        """A decoded PIL image as RGB, resized to (size, size, 3) uint8."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.Resampling[self.resample.upper()])
-        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(image))
 
     def decode(self, source: str | Path | BinaryIO) -> Tensor:
-        """An image file as (3, size, size) uint8 (raises one of DECODE_ERRORS when it cannot be decoded)."""
+        """An image file as (size, size, 3) uint8 (raises one of DECODE_ERRORS when it cannot be decoded)."""
         with Image.open(source) as image:
             if self.draft:
                 image.draft("RGB", (self.size, self.size))  # JPEG only: DCT scaling, the result stays >= size
             return self.to_uint8(image)
 
     def normalize(self, pixels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """uint8 (..., 3, H, W) pixels on any device as `dtype`: scaled to [0, 1], minus mean, over std (per channel)."""
+        """uint8 (..., H, W, 3) pixels on any device as contiguous (..., 3, H, W) `dtype`: scaled to [0, 1], minus
+        mean, over std (per channel)."""
         mean = torch.tensor(self.mean_values, device=pixels.device).view(3, 1, 1)
         std = torch.tensor(self.std_values, device=pixels.device).view(3, 1, 1)
-        return ((pixels.float() / 255.0 - mean) / std).to(dtype)
+        return ((pixels.movedim(-1, -3).float() / 255.0 - mean) / std).to(dtype, memory_format=torch.contiguous_format)
 
     def __call__(self, image: Image.Image) -> Tensor:
         """Preprocess a decoded PIL image into a normalised (3, size, size) float tensor."""
@@ -95,9 +98,9 @@ class ImageFiles(Dataset[tuple[Tensor | None, int]]):
 
 
 def collate_images(items: list[tuple[Tensor | None, int]]) -> tuple[Tensor | None, list[int]]:
-    """The decodable images of a batch stacked (uint8 (B, 3, S, S), None when there is none) and their positions."""
+    """The decodable images of a batch stacked (uint8 (B, S, S, 3), None when there is none) and their positions."""
     good = [(pixels, index) for pixels, index in items if pixels is not None]
-    return (torch.stack([p for p, _ in good]) if good else None), [i for _, i in good]
+    return (default_collate([p for p, _ in good]) if good else None), [i for _, i in good]
 
 
 def loader_workers(setting: int | str) -> int:
