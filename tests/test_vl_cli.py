@@ -139,13 +139,15 @@ def test_protocol_runs_zero_shot_low_shot_seeds_and_full_into_a_table_and_reuses
     assert report["columns"] == ["zero-shot", "2/category", "full"]
     low_shot = [r for r in report["runs"] if r["setting"] == "2/category"]
     assert len(low_shot) == 8 and {r["seed"] for r in low_shot} == {0, 1, 2, 3}
-    assert {r["metrics"]["train_examples"] for r in low_shot} == {18}  # 3 classes x 2 images x 3 statements
+    assert {r["metrics"]["train_examples"] for r in low_shot} == {6}  # 3 classes x 2 images x the class's statement
+    assert report["train_examples"] == {"2/category": [6, 6, 6, 6], "full": [120]}
     assert [r["metrics"]["train_examples"] for r in report["runs"] if r["setting"] == "full"] == [120, 120]
     cell = report["results"]["md_ts_cw"]["2/category"]
     values = [r["metrics"]["accuracy"] for r in low_shot if r["method"] == "md_ts_cw"]
     assert cell["n"] == 4 and cell["mean"] == pytest.approx(sum(values) / 4)
     table = (out / "protocol.md").read_text()
     assert "| zero-shot (dual encoder) |" in table and "| md_ts_cw |" in table and "n=4" in table
+    assert "| 2/category (6 pairs) | full (120 pairs) |" in table and "training pairs per run: 2/category: 6; full: 120" in table
 
     # run again (as after an interruption): every finished run is reused, not retrained
     capsys.readouterr()
@@ -225,7 +227,8 @@ def test_vqa_fixture_in_coco_layout_trains(export_dir: Path, tmp_path: Path) -> 
     ([vcr_record("x7", "m/1.jpg", ["Is", [9], "ok", "?"], [["a"]] * 4, [["r"]] * 4, 0, 0)], [],
      "train.jsonl: line 1 (annot_id x7): refers to object 9, the record has 3 objects"),
     ([], ["distill.num_tokenz=2"], "unknown config key 'distill.num_tokenz'"),
-    ([], ["distill.vision=true"], "teachers.vision.kind: vision distillation is on but no vision teacher is set"),
+    ([], ["distill.vision=true"], "config keys 'distill.vision' and 'teachers.vision.kind': distill.vision=True "
+                                  "needs a vision teacher, but teachers.vision.kind is none"),
     ([], ["trainer.batch_size=1"], "task: no batch with two or more decodable examples"),
 ])
 def test_bad_input_stops_with_one_line(records: list[object], extra: list[str], message: str, export_dir: Path,
@@ -238,6 +241,35 @@ def test_bad_input_stops_with_one_line(records: list[object], extra: list[str], 
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "protocol"])
+@pytest.mark.parametrize(("extra", "message"), [
+    (["teachers.vision.kind=hf", "distill.vision=true", "distill.confidence_weighting=true"],
+     "config keys 'distill.confidence_weighting' and 'teachers.zero_shot': confidence weighting needs zero-shot logits"),
+    (["teachers.text.kind=hf", "distill.token_selection=adaptive"],
+     "config keys 'distill.token_selection' and 'teachers.vision.kind'"),
+])
+def test_a_teacher_that_cannot_serve_a_feature_is_refused_before_any_data_is_read(
+        command: str, extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.jsonl"
+    args = ["vl", command, "--output-dir", str(tmp_path / "r"), "task.name=vcr", f"task.train.records={missing}",
+            f"task.val.records={missing}", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_the_protocol_refuses_a_method_preset_its_teachers_cannot_serve_before_any_data_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.json"
+    args = ["vl", "protocol", "--output-dir", str(tmp_path / "r"), f"task.train.records={missing}",
+            f"task.val.records={missing}", "teachers.vision.kind=hf", "teachers.text.kind=hf",
+            "protocol.methods=[baseline, mad]"]  # mad switches confidence weighting on: no teacher gives logits
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "'distill.confidence_weighting' and 'teachers.zero_shot'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_demo_data_command_writes_the_three_tasks_in_the_official_formats(tmp_path: Path) -> None:

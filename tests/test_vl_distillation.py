@@ -13,7 +13,7 @@ from mmd2v2.vl.distillation import (
     combine_losses,
     confidence_ratio,
     confidence_weights,
-    l1_per_instance,
+    l1_distance,
     selected_words_l1,
 )
 from mmd2v2.vl.token_selection import (
@@ -30,12 +30,21 @@ from mmd2v2.vl.words import pool_words, tokenize_with_words
 def test_l1_is_the_mean_absolute_difference_per_instance_and_the_teacher_gets_no_gradient() -> None:
     student = torch.tensor([[1.0, 2.0], [0.0, 0.0]], requires_grad=True)
     teacher = torch.tensor([[0.0, 4.0], [1.0, -1.0]], requires_grad=True)
-    loss = l1_per_instance(student, teacher)
+    loss = l1_distance(student, teacher)
     assert loss.tolist() == [1.5, 1.0]  # (|1| + |-2|) / 2, (|-1| + |1|) / 2
     loss.sum().backward()
     assert student.grad is not None and teacher.grad is None
     with pytest.raises(ValueError, match="shapes differ"):
-        l1_per_instance(student, teacher[:, :1])
+        l1_distance(student, teacher[:, :1])
+
+
+def test_the_papers_literal_l1_is_the_sum_so_w_on_the_mean_is_w_over_d_on_the_sum() -> None:
+    student, teacher = torch.tensor([[1.0, 2.0, 0.0, 3.0]]), torch.tensor([[0.0, 4.0, 0.0, 0.0]])
+    assert l1_distance(student, teacher, "sum").tolist() == [6.0]  # |1| + |-2| + |0| + |3|
+    assert l1_distance(student, teacher, "mean").tolist() == [1.5]  # 6 / 4 dimensions
+    _, mean_terms = combine_losses(torch.tensor(0.0), DistillTerms(l1_distance(student, teacher, "mean")), 0.05)
+    _, sum_terms = combine_losses(torch.tensor(0.0), DistillTerms(l1_distance(student, teacher, "sum")), 0.05 / 4)
+    assert mean_terms["loss"].item() == pytest.approx(sum_terms["loss"].item())  # 0.05 * 1.5 = 0.0125 * 6
 
 
 def test_selected_words_l1_averages_over_the_selected_words_only() -> None:
@@ -43,6 +52,7 @@ def test_selected_words_l1_averages_over_the_selected_words_only() -> None:
     teacher = torch.zeros(2, 3, 2)
     selected = torch.tensor([[True, False, True], [False, False, False]])
     assert selected_words_l1(student, teacher, selected).tolist() == [0.5, 0.0]  # (1 + 0) / 2; nothing selected
+    assert selected_words_l1(student, teacher, selected, "sum").tolist() == [1.0, 0.0]  # (2 + 0) / 2
 
 
 def test_confidence_ratio_and_weights() -> None:

@@ -32,13 +32,17 @@ def test_vcr_takes_n_questions_per_category_with_both_subtasks() -> None:
     assert subset == sample_vcr(examples, 4, seed=0) and subset != sample_vcr(examples, 4, seed=1)
 
 
-def test_snli_ve_takes_n_images_per_class_with_all_their_hypotheses() -> None:
-    examples = [_example(f"{i}-{k}", f"img{i}", LABELS[(i + k) % 3]) for i in range(30) for k in range(5)]
-    subset = sample_snli_ve(examples, 4, seed=3)
-    images = {e.image_id for e in subset}
-    assert len(images) == 12 and len(subset) == 12 * 5  # 4 images per class, distinct, every hypothesis kept
-    assert all(e.image_id in images for e in subset)
-    assert low_shot_subset("snli_ve", examples, 100, 0) == examples  # more than there is: everything
+def test_snli_ve_takes_n_images_per_class_with_up_to_k_hypotheses_of_that_class() -> None:
+    # 18 hypotheses per image (6 per class), as on real SNLI-VE (~17.8): the paper keeps ~5 per image
+    examples = [_example(f"{i}-{k}", f"img{i}", LABELS[k % 3]) for i in range(30) for k in range(18)]
+    subset = sample_snli_ve(examples, 4, seed=3, per_image=5)
+    assert len({e.image_id for e in subset}) == 12 and len(subset) == 12 * 5  # 4 distinct images per class, 5 each
+    assert Counter((e.image_id, e.group) for e in subset) == dict.fromkeys(
+        {(e.image_id, e.group) for e in subset}, 5)  # one class per image
+    assert Counter(e.group for e in subset) == dict.fromkeys(LABELS, 20)
+    assert subset == sample_snli_ve(examples, 4, seed=3, per_image=5) != sample_snli_ve(examples, 4, seed=4, per_image=5)
+    # 100 images per class at 5 hypotheses each: the paper's 0.3% subset of ~1,500 pairs (30 images here: 150)
+    assert len(low_shot_subset("snli_ve", examples, 100, 0)) == 30 * 5
 
 
 def test_vqa_takes_n_images_per_question_type_and_up_to_two_questions_each() -> None:

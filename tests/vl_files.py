@@ -56,3 +56,27 @@ def vcr_record(annot: str, image: str, question: list[Any], answers: list[list[A
             "metadata_fn": image.replace(".jpg", ".json"), "question": question, "answer_choices": answers,
             "rationale_choices": rationales, "answer_label": answer_label, "rationale_label": rationale_label,
             "annot_id": annot, "question_number": 0, "img_id": image, "match_fold": "train-0"}
+
+
+def save_tiny_clip(folder: Path, words: list[str], image_size: int = 32, logit_scale: float = 100.0) -> Path:
+    """A tiny random transformers CLIPModel (save_pretrained) with a word-level tokenizer whose [SEP] is CLIP's eos."""
+    import math
+
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from mmd2v2.data.tokenization import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(words)
+    text = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "vocab_size": len(tokenizer), "max_position_embeddings": 48, "eos_token_id": tokenizer.sep_token_id,
+            "bos_token_id": tokenizer.cls_token_id, "pad_token_id": tokenizer.pad_token_id}
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "image_size": image_size, "patch_size": 8}
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(logit_scale))
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder

@@ -59,10 +59,12 @@ class StudentConfig:
 
 @dataclass
 class TeacherSpec:
-    """One frozen teacher: none, a Hugging Face encoder, or an mmd2v2 dual-encoder export."""
+    """One frozen teacher: none, a Hugging Face encoder (CLIP too), or an mmd2v2 dual-encoder export."""
 
     kind: Literal["none", "hf", "mmd2v2"] = "none"
-    family: str = "beit"  # hf: a family of mmd2v2.models.unimodal (vit, beit, bert, roberta, auto, ...; timm for images)
+    # hf: clip (CLIP-V / CLIP-T of a CLIPModel folder), or a family of mmd2v2.models.unimodal (vit, beit, bert,
+    # roberta, auto, ...; timm for images)
+    family: str = "beit"
     pretrained: str | None = None  # hf: model folder or hub id; mmd2v2: export folder (or run folder)
     config: dict[str, Any] = field(default_factory=dict)  # hf: config kwargs for random init (tests)
     tokenizer: str | None = None  # hf text teacher: tokenizer folder (default: pretrained)
@@ -71,11 +73,15 @@ class TeacherSpec:
 
 @dataclass
 class TeachersConfig:
-    """The vision and the text teacher, chosen independently."""
+    """The vision and the text teacher, chosen independently, and the dual encoder giving zero-shot logits."""
 
     vision: TeacherSpec = field(default_factory=TeacherSpec)
     text: TeacherSpec = field(default_factory=lambda: TeacherSpec(family="bert"))
-    zero_shot_logit_scale: float = 100.0  # scale of a dual-encoder teacher's cosine logits (confidence weighting)
+    # zero-shot logits (confidence weighting, the zero-shot protocol): an mmd2v2 export or a CLIP folder (hf, clip);
+    # kind none = the vision or text teacher that is one
+    zero_shot: TeacherSpec = field(default_factory=lambda: TeacherSpec(family="clip"))
+    zero_shot_logit_scale: float = 100.0  # logits = scale * cosine (100 = trained CLIP's exp(logit_scale))
+    zero_shot_prompt: Literal["ia", "iqa"] = "ia"  # VCR: image vs answer / rationale alone (IA / IR), or with the question
 
 
 @dataclass
@@ -85,6 +91,7 @@ class DistillConfig:
     vision: bool = False  # L_dv: teacher image token vs the student's first visual token
     text: bool = False  # L_dt: teacher text CLS vs the student's text CLS
     weight: float = 0.05  # w in L = L_task + w * (L_dv + L_dt [+ L'_dt])
+    l1: Literal["mean", "sum"] = "mean"  # L1 over feature dimensions: mean (w independent of width) or the paper's sum
     token_selection: Literal["none", "adaptive", "random"] = "none"  # L'_dt over the top-m words (or m random ones)
     num_tokens: int = 2  # m
     keyword_ngram: int = 3  # YAKE's largest n-gram
@@ -133,6 +140,7 @@ class ProtocolConfig:
     low_shot_max_steps: int | None = None  # optimizer steps of a low-shot run; None = trainer.epochs
     full_seeds: int = 1  # full-data runs use the first k seeds
     questions_per_image: int = 2  # VQA low-shot: questions of the type kept per sampled image
+    hypotheses_per_image: int = 5  # SNLI-VE low-shot: hypotheses of the class kept per sampled image
     zero_shot_model: str | None = None  # dual-encoder export for zero-shot; None = an mmd2v2 teacher or init_from
 
 
@@ -157,6 +165,47 @@ class VLConfig:
         for setting in self.protocol.settings:
             if setting not in ("zero_shot", "low_shot", "full"):
                 raise ConfigError(f"config key 'protocol.settings': got '{setting}', expected zero_shot, low_shot or full")
+        check_teachers(self)
+
+
+def gives_logits(spec: TeacherSpec) -> bool:
+    """Whether a teacher is a dual encoder with zero-shot logits: an mmd2v2 export, or CLIP (kind hf, family clip)."""
+    return spec.kind == "mmd2v2" or (spec.kind == "hf" and spec.family == "clip")
+
+
+def logits_teacher(teachers: TeachersConfig) -> tuple[str, TeacherSpec] | None:
+    """The key and spec of the dual encoder giving zero-shot logits: teachers.zero_shot, else the vision or text
+    teacher that is one."""
+    candidates = [("teachers.zero_shot", teachers.zero_shot)] if teachers.zero_shot.kind != "none" else \
+        [("teachers.vision", teachers.vision), ("teachers.text", teachers.text)]
+    return next(((key, spec) for key, spec in candidates if gives_logits(spec)), None)
+
+
+def needed_teachers(distill: DistillConfig) -> tuple[bool, bool]:
+    """Whether the switched-on distillation needs the vision teacher and the text teacher."""
+    selection = distill.token_selection
+    return distill.vision or selection == "adaptive", distill.text or selection != "none"
+
+
+def check_teachers(cfg: VLConfig) -> None:
+    """Refuse, in one line naming both keys, a switched-on feature that no configured teacher can serve."""
+    distill, teachers = cfg.distill, cfg.teachers
+    if teachers.zero_shot.kind != "none" and not gives_logits(teachers.zero_shot):
+        raise ConfigError(f"config key 'teachers.zero_shot.family': got '{teachers.zero_shot.family}' with kind hf; "
+                          "zero-shot logits need family clip (or kind mmd2v2)")
+    needs = [("distill.vision", distill.vision, "teachers.vision"),
+             ("distill.token_selection", distill.token_selection == "adaptive", "teachers.vision"),
+             ("distill.text", distill.text, "teachers.text"),
+             ("distill.token_selection", distill.token_selection != "none", "teachers.text")]
+    for feature, on, teacher in needs:
+        if on and getattr(teachers, teacher.split(".")[1]).kind == "none":
+            value = getattr(distill, feature.split(".")[1])
+            raise ConfigError(f"config keys '{feature}' and '{teacher}.kind': {feature}={value} needs a "
+                              f"{teacher.split('.')[1]} teacher, but {teacher}.kind is none")
+    if distill.confidence_weighting and logits_teacher(teachers) is None:
+        raise ConfigError("config keys 'distill.confidence_weighting' and 'teachers.zero_shot': confidence weighting "
+                          "needs zero-shot logits, but no teacher gives them (set teachers.zero_shot to an mmd2v2 "
+                          "export or a CLIP folder: kind hf, family clip)")
 
 
 def vl_config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> VLConfig:

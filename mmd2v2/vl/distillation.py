@@ -3,8 +3,9 @@
 MD:  L = L_task + w * (L_dv + L_dt), with L_dv = |V_teacher - V_student|_1 (teacher image token vs the student's
 first visual token) and L_dt = |T_teacher - T_student|_1 (teacher text CLS/eos vs the student's text CLS).
 MAD adds L'_dt over the selected words and multiplies each instance's distillation by 1[r > 1], where
-r = max softmax(teacher logits) / max softmax(student logits). L1 distances are means over feature dimensions
-(so w does not depend on the teachers' widths); L'_dt is the mean over the selected words.
+r = max softmax(teacher logits) / max softmax(student logits). L1 distances are means over feature dimensions by
+default (`distill.l1: mean`, so w does not depend on the teachers' widths: w on the mean is w / D on the paper's
+sum over D dimensions) or the paper's literal sum ||.||_1 (`sum`); L'_dt is the mean over the selected words.
 """
 
 from __future__ import annotations
@@ -15,19 +16,21 @@ import torch
 from torch import Tensor
 
 
-def l1_per_instance(student: Tensor, teacher: Tensor) -> Tensor:
-    """Mean absolute difference over the last dimension: (N, D), (N, D) -> (N,). The teacher side gets no gradient."""
+def l1_distance(student: Tensor, teacher: Tensor, reduction: str = "mean") -> Tensor:
+    """Absolute difference over the last dimension, its mean or (the paper's ||.||_1) its sum: (..., D) -> (...).
+    The teacher side gets no gradient."""
     if student.shape != teacher.shape:
         raise ValueError(f"distillation shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}")
-    return (student.float() - teacher.detach().float()).abs().mean(-1)
+    difference = (student.float() - teacher.detach().float()).abs()
+    return difference.sum(-1) if reduction == "sum" else difference.mean(-1)
 
 
-def selected_words_l1(student_words: Tensor, teacher_words: Tensor, selected: Tensor) -> Tensor:
+def selected_words_l1(student_words: Tensor, teacher_words: Tensor, selected: Tensor, reduction: str = "mean") -> Tensor:
     """L'_dt per instance: mean over the selected words of their L1 distance; 0 where no word is selected.
 
     student_words, teacher_words: (N, W, D); selected: (N, W) bool.
     """
-    distance = (student_words.float() - teacher_words.detach().float()).abs().mean(-1) * selected
+    distance = l1_distance(student_words, teacher_words, reduction) * selected
     count = selected.sum(-1)
     return distance.sum(-1) / count.clamp(min=1)
 

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.vl.batches import VLBatch
 from mmd2v2.vl.config import AdaptiveConfig, DistillConfig
-from mmd2v2.vl.distillation import DistillTerms, combine_losses, confidence_weights, l1_per_instance, selected_words_l1
+from mmd2v2.vl.distillation import DistillTerms, combine_losses, confidence_weights, l1_distance, selected_words_l1
 from mmd2v2.vl.student import JointOutput, VLStudent
 from mmd2v2.vl.tasks import TaskData, task_loss
 from mmd2v2.vl.teachers import Teachers
@@ -50,13 +50,13 @@ class VLObjective:
         image_targets = self._image_targets(batch) if vision or selection == "adaptive" else None
         if vision:
             assert student.vision_head is not None and image_targets is not None
-            terms.vision = l1_per_instance(student.vision_head(output.image_token), image_targets)
+            terms.vision = l1_distance(student.vision_head(output.image_token), image_targets, self.distill.l1)
         if text or selection != "none":
             assert self.teachers.text is not None and student.text_head is not None
             num_words = batch.tokens.num_words
             teacher = self.teachers.text.text_features(batch.texts, num_words)
             if text:
-                terms.text = l1_per_instance(student.text_head(output.cls), teacher.cls)
+                terms.text = l1_distance(student.text_head(output.cls), teacher.cls.to(output.cls.device), self.distill.l1)
             if selection != "none":
                 words, mask = pool_words(output.text_tokens, batch.tokens.word_index, num_words)
                 mask = mask & teacher.word_mask.to(mask.device)
@@ -68,10 +68,10 @@ class VLObjective:
                     chosen = top_words(selection_scores(relevance, keywords, mask), mask, self.distill.num_tokens)
                 else:
                     chosen = random_words(mask.cpu(), self.distill.num_tokens, self.generator).to(mask.device)
-                terms.words = selected_words_l1(student.text_head(words), teacher.words.to(words.device), chosen)
+                terms.words = selected_words_l1(student.text_head(words), teacher.words.to(words.device), chosen,
+                                                 self.distill.l1)
         if weighting and logits is not None:
-            if self.scorer is None:
-                raise ValueError("distill.confidence_weighting needs a teacher of kind mmd2v2 (zero-shot logits)")
+            assert self.scorer is not None  # check_teachers refused a config without zero-shot logits
             weights = confidence_weights(self.scorer.logits(batch), logits)
             terms.instance_weight = weights.repeat_interleave(self.task.texts_per_example).to(logits.device)
         return terms

@@ -1,7 +1,8 @@
 """`mmd2v2 vl protocol`: zero-shot, low-shot (several seeds) and full-data runs of several methods, as one table.
 
-Writes protocol.json (every run's metrics) and protocol.md (mean and variance of the task's main metric over
-seeds, one row per method, one column per setting), each to a temporary name first.
+Writes protocol.json (every run's metrics, each setting's training sizes) and protocol.md (mean and variance of the
+task's main metric over seeds, one row per method, one column per setting with its training size), each to a
+temporary name first. Every method's config is resolved (and its teachers checked) before any data is read.
 """
 
 from __future__ import annotations
@@ -12,39 +13,35 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from mmd2v2.models.pretrained import load_pretrained
-from mmd2v2.vl.batches import BatchCollator
-from mmd2v2.config import config_to_dict
+from mmd2v2.config import ConfigError, config_to_dict
 from mmd2v2.files import write_text_atomic
-from mmd2v2.vl.config import VLConfig, same_run_settings, vl_config_from_dict
+from mmd2v2.vl.batches import BatchCollator
+from mmd2v2.vl.config import TeacherSpec, VLConfig, logits_teacher, same_run_settings, vl_config_from_dict
 from mmd2v2.vl.methods import method_overrides
 from mmd2v2.vl.sampling import low_shot_subset
-from mmd2v2.vl.student import export_folder
 from mmd2v2.vl.tasks import MAIN_METRIC, TaskData, load_task
-from mmd2v2.vl.teachers import DualEncoderTeacher
+from mmd2v2.vl.teachers import DualEncoders
 from mmd2v2.vl.train import train_vl
 from mmd2v2.vl.zero_shot import ZeroShotScorer, zero_shot_evaluate
 
 
-def _zero_shot_model(cfg: VLConfig) -> str | None:
+def zero_shot_source(cfg: VLConfig) -> tuple[str, TeacherSpec] | None:
+    """The key and spec of the zero-shot model: protocol.zero_shot_model, else the teachers' dual encoder (CLIP or an
+    mmd2v2 export), else the student's export."""
     if cfg.protocol.zero_shot_model:
-        return cfg.protocol.zero_shot_model
-    for spec in (cfg.teachers.vision, cfg.teachers.text):
-        if spec.kind == "mmd2v2" and spec.pretrained:
-            return spec.pretrained
-    return cfg.student.init_from
+        return "protocol.zero_shot_model", TeacherSpec(kind="mmd2v2", pretrained=cfg.protocol.zero_shot_model)
+    source = logits_teacher(cfg.teachers)
+    if source is None and cfg.student.init_from:
+        return "student.init_from", TeacherSpec(kind="mmd2v2", pretrained=cfg.student.init_from)
+    return source
 
 
-def run_zero_shot(cfg: VLConfig, task: TaskData) -> dict[str, float]:
-    """The zero-shot protocol of the dual encoder on the validation split (VCR and SNLI-VE)."""
-    folder = _zero_shot_model(cfg)
-    if folder is None:
-        raise ValueError("protocol.zero_shot_model: zero-shot needs an mmd2v2 export (or an mmd2v2 teacher)")
-    bundle = load_pretrained(export_folder(folder))
-    dual = DualEncoderTeacher(bundle, bundle.preprocess, cfg.task.max_text_length)
-    scorer = ZeroShotScorer(dual, task, cfg.teachers.zero_shot_logit_scale)
-    collator = BatchCollator(bundle.tokenizer, cfg.task.max_text_length)
-    return zero_shot_evaluate(scorer, task.val.examples, bundle.preprocess, collator, cfg.trainer.eval_batch_size,
+def run_zero_shot(cfg: VLConfig, task: TaskData, source: tuple[str, TeacherSpec]) -> dict[str, float]:
+    """The zero-shot protocol of the dual encoder `source` (key, spec) on the validation split (VCR and SNLI-VE)."""
+    dual = DualEncoders(None, cfg.task.max_text_length).get(source[1], source[0])
+    scorer = ZeroShotScorer(dual, task, cfg.teachers.zero_shot_logit_scale, cfg.teachers.zero_shot_prompt)
+    collator = BatchCollator(dual.tokenizer, dual.max_length)
+    return zero_shot_evaluate(scorer, task.val.examples, dual.preprocess, collator, cfg.trainer.eval_batch_size,
                               cfg.trainer.progress_bar, cfg.trainer.num_workers)
 
 
@@ -59,16 +56,29 @@ def summarise(values: list[float]) -> dict[str, float]:
             "n": float(len(values))}
 
 
-def format_table(task: str, results: dict[str, dict[str, dict[str, float]]], columns: list[str]) -> str:
-    """Markdown table: rows = methods, columns = settings, cells = mean (variance) over seeds."""
-    lines = [f"| method | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+UNITS = {"vqa": "questions", "snli_ve": "pairs", "vcr": "examples (Q->A + QA->R)"}
+
+
+def size_label(counts: list[int]) -> str:
+    """Training examples of a setting's runs: '1,500', or the range '1,497-1,503' when seeds draw different sizes."""
+    low, high = min(counts), max(counts)
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def format_table(task: str, results: dict[str, dict[str, dict[str, float]]], columns: list[str],
+                 sizes: dict[str, list[int]]) -> str:
+    """Markdown table: rows = methods, columns = settings (with their training sizes), cells = mean (variance)."""
+    headers = [f"{c} ({size_label(sizes[c])} {UNITS[task].split(' ')[0]})" if c in sizes else c for c in columns]
+    lines = [f"| method | {' | '.join(headers)} |", "|---" * (len(columns) + 1) + "|"]
     for method, row in results.items():
         cells = []
         for column in columns:
             cell = row.get(column)
             cells.append("–" if cell is None else f"{cell['mean']:.2f} ({cell['var']:.2f}, n={int(cell['n'])})")
         lines.append(f"| {method} | {' | '.join(cells)} |")
-    return f"{task} {MAIN_METRIC[task]} (%), mean (variance, seeds) on the validation split\n\n" + "\n".join(lines) + "\n"
+    trained = "; ".join(f"{label}: {size_label(counts)}" for label, counts in sizes.items())
+    return (f"{task} {MAIN_METRIC[task]} (%), mean (variance, seeds) on the validation split\n\n" + "\n".join(lines)
+            + f"\n\ntraining {UNITS[task]} per run: {trained}\n")
 
 
 def finished_run(folder: Path, cfg: VLConfig) -> dict[str, Any] | None:
@@ -85,6 +95,11 @@ def finished_run(folder: Path, cfg: VLConfig) -> dict[str, Any] | None:
 def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> dict[str, Any]:
     """Run the configured settings x methods x seeds; write protocol.json and protocol.md into `output_dir`.
     With `reuse`, a run that already finished in `output_dir/runs/` with the same settings is not trained again."""
+    method_cfgs = {method: with_overrides(cfg, method_overrides(method)) for method in cfg.protocol.methods}
+    zero_shot = zero_shot_source(cfg) if "zero_shot" in cfg.protocol.settings and cfg.task.name != "vqa" else None
+    if "zero_shot" in cfg.protocol.settings and cfg.task.name != "vqa" and zero_shot is None:
+        raise ConfigError("config keys 'protocol.settings' and 'protocol.zero_shot_model': zero_shot needs an mmd2v2 "
+                          "export or CLIP (protocol.zero_shot_model, teachers.zero_shot or student.init_from)")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(cfg.task)
@@ -92,10 +107,13 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
     runs: list[dict[str, Any]] = []
     results: dict[str, dict[str, dict[str, float]]] = {}
     columns: list[str] = []
-    if "zero_shot" in cfg.protocol.settings and task.name != "vqa":
-        metrics = run_zero_shot(cfg, task)
+    sizes: dict[str, list[int]] = {}
+    if zero_shot is not None:
+        metrics = run_zero_shot(cfg, task, zero_shot)
         runs.append({"setting": "zero_shot", "method": "dual_encoder", "seed": None, "metrics": metrics})
-        results.setdefault("zero-shot (dual encoder)", {})["zero-shot"] = summarise([metrics[main]])
+        prompt = {"ia": ", IA / IR prompts", "iqa": ", IQA prompts"}[cfg.teachers.zero_shot_prompt] \
+            if task.name == "vcr" else ""
+        results.setdefault(f"zero-shot (dual encoder{prompt})", {})["zero-shot"] = summarise([metrics[main]])
         columns.append("zero-shot")
     settings: list[tuple[str, int | None]] = []
     if "low_shot" in cfg.protocol.settings:
@@ -104,15 +122,17 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
         settings.append(("full", None))
     for label, shots in settings:
         columns.append(label)
-        for method in cfg.protocol.methods:
+        seeds = cfg.protocol.seeds if shots is not None else cfg.protocol.seeds[: cfg.protocol.full_seeds]
+        subsets = {seed: None if shots is None else low_shot_subset(
+            task.name, task.train.examples, shots, seed, cfg.protocol.questions_per_image,
+            cfg.protocol.hypotheses_per_image) for seed in seeds}
+        sizes[label] = [len(task.train.examples) if subset is None else len(subset) for subset in subsets.values()]
+        for method, method_cfg in method_cfgs.items():
             values = []
-            seeds = cfg.protocol.seeds if shots is not None else cfg.protocol.seeds[: cfg.protocol.full_seeds]
-            for seed in seeds:
+            for seed, subset in subsets.items():
                 steps = [f"trainer.max_steps={cfg.protocol.low_shot_max_steps}"] \
                     if shots is not None and cfg.protocol.low_shot_max_steps else []
-                run_cfg = with_overrides(cfg, [*method_overrides(method), f"trainer.seed={seed}", *steps])
-                subset = None if shots is None else low_shot_subset(task.name, task.train.examples, shots, seed,
-                                                                    cfg.protocol.questions_per_image)
+                run_cfg = with_overrides(method_cfg, [f"trainer.seed={seed}", *steps])
                 name = f"{method}_{label.replace('/', '_per_')}_seed{seed}"
                 metrics = finished_run(out / "runs" / name, run_cfg) if reuse else None
                 reused = metrics is not None
@@ -125,9 +145,9 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
                 values.append(metrics[main])
             results.setdefault(method, {})[label] = summarise(values)
     report = {"task": task.name, "metric": main, "columns": columns, "results": results, "runs": runs,
-              "config": dataclasses.asdict(cfg)}
+              "train_examples": sizes, "config": dataclasses.asdict(cfg)}
     write_text_atomic(out / "protocol.json", json.dumps(report, indent=2, default=str))
-    table = format_table(task.name, results, columns)
+    table = format_table(task.name, results, columns, sizes)
     write_text_atomic(out / "protocol.md", table)
     print(table)
     return report

@@ -1,8 +1,9 @@
 """Low-shot training subsets of the MAD protocol, seeded.
 
-VCR: n questions per question category (7 categories). SNLI-VE: n images per class, with every hypothesis of a
-picked image. VQA: n images per question type (8 types), with up to k questions of that type per picked image.
-A category with fewer candidates than n contributes all it has.
+VCR: n questions per question category (7 categories). SNLI-VE: n images per class, with up to k hypotheses of that
+class per picked image (the paper's ~5 hypotheses per image: 100 images per class give ~1,500 pairs, not the
+~17.8 hypotheses a SNLI-VE image has). VQA: n images per question type (8 types), with up to k questions of that
+type per picked image. A category with fewer candidates than n contributes all it has.
 """
 
 from __future__ import annotations
@@ -36,41 +37,42 @@ def sample_vcr(examples: list[VLExample], per_category: int, seed: int) -> list[
     return [e for e in examples if e.record_id in chosen]
 
 
-def sample_snli_ve(examples: list[VLExample], per_class: int, seed: int) -> list[VLExample]:
-    """All hypotheses of `per_class` images drawn for each class (an image is drawn at most once)."""
-    rng = random.Random(seed)
-    images_of = distinct_per_group(examples, lambda e: e.image_id)
-    chosen: set[str] = set()
-    for label in LABELS:
-        pool = [i for i in images_of.get(label, []) if i not in chosen]
-        chosen.update(rng.sample(pool, min(per_class, len(pool))))
-    return [e for e in examples if e.image_id in chosen]
+def sample_per_image(examples: list[VLExample], groups: list[str], per_group: int, per_image: int,
+                     rng: random.Random) -> list[VLExample]:
+    """Up to `per_image` examples of a group from each of `per_group` images drawn per group (an image once)."""
+    by_group_image: dict[str, dict[str, list[VLExample]]] = defaultdict(lambda: defaultdict(list))
+    for example in examples:
+        by_group_image[example.group][example.image_id].append(example)
+    chosen_images: set[str] = set()
+    chosen: list[VLExample] = []
+    for group in groups:
+        images = by_group_image.get(group, {})
+        pool = [i for i in images if i not in chosen_images]
+        for image in rng.sample(pool, min(per_group, len(pool))):
+            chosen_images.add(image)
+            candidates = images[image]
+            chosen.extend(rng.sample(candidates, min(per_image, len(candidates))))
+    return chosen
+
+
+def sample_snli_ve(examples: list[VLExample], per_class: int, seed: int, per_image: int = 5) -> list[VLExample]:
+    """Up to `per_image` hypotheses of the class from `per_class` images drawn per class (an image once)."""
+    return sample_per_image(examples, list(LABELS), per_class, per_image, random.Random(seed))
 
 
 def sample_vqa(examples: list[VLExample], per_type: int, seed: int, per_image: int = 2) -> list[VLExample]:
     """Up to `per_image` questions of each type from `per_type` images drawn per type (an image once)."""
-    rng = random.Random(seed)
-    by_type_image: dict[str, dict[str, list[VLExample]]] = defaultdict(lambda: defaultdict(list))
-    for example in examples:
-        by_type_image[example.group][example.image_id].append(example)
-    chosen_images: set[str] = set()
-    chosen: list[VLExample] = []
-    for question_type in [name for name, _ in QUESTION_TYPES] + [OTHER_TYPE]:
-        images = by_type_image.get(question_type, {})
-        pool = [i for i in images if i not in chosen_images]
-        for image in rng.sample(pool, min(per_type, len(pool))):
-            chosen_images.add(image)
-            questions = images[image]
-            chosen.extend(rng.sample(questions, min(per_image, len(questions))))
-    return chosen
+    types = [name for name, _ in QUESTION_TYPES] + [OTHER_TYPE]
+    return sample_per_image(examples, types, per_type, per_image, random.Random(seed))
 
 
-def low_shot_subset(task: str, examples: list[VLExample], shots: int, seed: int, per_image: int = 2) -> list[VLExample]:
+def low_shot_subset(task: str, examples: list[VLExample], shots: int, seed: int, questions_per_image: int = 2,
+                    hypotheses_per_image: int = 5) -> list[VLExample]:
     """The task's low-shot subset of `examples` with `shots` per category / class / question type."""
     if shots < 1:
         raise ValueError(f"protocol.shots: got {shots}, expected >= 1")
     if task == "vcr":
         return sample_vcr(examples, shots, seed)
     if task == "snli_ve":
-        return sample_snli_ve(examples, shots, seed)
-    return sample_vqa(examples, shots, seed, per_image)
+        return sample_snli_ve(examples, shots, seed, hypotheses_per_image)
+    return sample_vqa(examples, shots, seed, questions_per_image)

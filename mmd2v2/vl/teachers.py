@@ -1,10 +1,12 @@
 """Frozen teachers for multimodal distillation: a vision teacher and a text teacher, chosen independently.
 
 kind `hf`: the image teacher of mmd2v2 (BEiT-2 or any Hugging Face image family, its CLS) or any Hugging Face
-text encoder family of mmd2v2.models.unimodal (its CLS and per-word features, with its own tokenizer).
+text encoder family of mmd2v2.models.unimodal (its CLS and per-word features, with its own tokenizer); family
+`clip`: a transformers CLIPModel, whose CLIP-V feature is the projected image embedding and CLIP-T feature the
+projected eos state (per-word features: the projected token states).
 kind `mmd2v2`: a trained MM-D2V2 dual encoder export; its features are its embedding space (the image embedding;
-the projected shared-block output of every text token, whose CLS is the text embedding), and image-text cosine
-similarities give zero-shot logits for confidence weighting.
+the projected shared-block output of every text token, whose CLS is the text embedding).
+Both dual encoders (CLIP, mmd2v2) give zero-shot logits, scale x image-text cosine, for confidence weighting.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmd2v2.config import EncoderConfig, TeacherConfig
+from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerBase
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from mmd2v2.config import ConfigError, EncoderConfig, TeacherConfig
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
 from mmd2v2.models.pretrained import PretrainedMMD2V2, load_pretrained
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.models.unimodal import load_hf_model
-from mmd2v2.vl.config import TeacherSpec
+from mmd2v2.vl.config import TeacherSpec, TeachersConfig, gives_logits, logits_teacher
 from mmd2v2.vl.student import TEXT, export_folder
 from mmd2v2.vl.words import pool_words, tokenize_with_words
 
@@ -40,34 +45,65 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-class DualEncoderTeacher(nn.Module):
-    """An mmd2v2 export as teacher: image embeddings, text token embeddings, image-text similarities."""
+class FrozenDualEncoder(nn.Module):
+    """A frozen dual encoder fed the student's pixels: re-normalises and resizes them to its own preprocessing
+    (`student_preprocess` None: it is fed pixels preprocessed its own way)."""
 
-    def __init__(self, bundle: PretrainedMMD2V2, student_preprocess: ImagePreprocessor, max_length: int) -> None:
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+
+    def __init__(self, student_preprocess: ImagePreprocessor | None, own: ImagePreprocessor) -> None:
         super().__init__()
-        self.model = _frozen(bundle.model)
-        self.tokenizer, self.preprocess, self.max_length = bundle.tokenizer, bundle.preprocess, max_length
-        self.register_buffer("in_mean", torch.tensor(student_preprocess.mean_values).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("in_std", torch.tensor(student_preprocess.std_values).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("own_mean", torch.tensor(bundle.preprocess.mean_values).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("own_std", torch.tensor(bundle.preprocess.std_values).view(1, 3, 1, 1), persistent=False)
+        self.preprocess = own
+        source = student_preprocess or own
+        for name, values in (("in_mean", source.mean_values), ("in_std", source.std_values),
+                             ("own_mean", own.mean_values), ("own_std", own.std_values)):
+            self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
 
-    @property
-    def dim(self) -> int:
-        """Width of the embedding space."""
-        return int(self.model.projection.out_features)
-
-    def train(self, mode: bool = True) -> DualEncoderTeacher:
+    def train(self, mode: bool = True) -> FrozenDualEncoder:
         """A teacher stays in eval mode."""
         return super().train(False)
 
     def _own_pixels(self, pixel_values: Tensor) -> Tensor:
-        """Student-normalised pixels re-normalised (and resized) the way this export expects."""
+        """Student-normalised pixels re-normalised (and resized) the way this model expects."""
         pixels = (pixel_values.float() * self.in_std + self.in_mean - self.own_mean) / self.own_std
         size = self.preprocess.size
         if pixels.shape[-1] != size or pixels.shape[-2] != size:
             pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
         return pixels
+
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        """The image feature distilled towards (B, D)."""
+        raise NotImplementedError
+
+    def text_features(self, texts: list[str], num_words: int) -> TextFeatures:
+        """The text feature distilled towards and its per-word features."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def similarity(self, pixel_values: Tensor, texts: list[str], image_index: Tensor) -> Tensor:
+        """Cosine between text i and image `image_index[i]`: (N,)."""
+        images = F.normalize(self.image_features(pixel_values), dim=-1)[image_index]
+        return (images * self.text_embeddings(texts)).sum(-1)
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: list[str]) -> Tensor:
+        """L2-normalised text embeddings (N, D)."""
+        return F.normalize(self.text_features(texts, 1).cls, dim=-1)
+
+
+class DualEncoderTeacher(FrozenDualEncoder):
+    """An mmd2v2 export as teacher: image embeddings, text token embeddings, image-text similarities."""
+
+    def __init__(self, bundle: PretrainedMMD2V2, student_preprocess: ImagePreprocessor | None, max_length: int) -> None:
+        super().__init__(student_preprocess, bundle.preprocess)
+        self.model = _frozen(bundle.model)
+        self.tokenizer, self.max_length = bundle.tokenizer, max_length
+
+    @property
+    def dim(self) -> int:
+        """Width of the embedding space."""
+        return int(self.model.projection.out_features)
 
     @torch.no_grad()
     def image_features(self, pixel_values: Tensor) -> Tensor:
@@ -85,16 +121,65 @@ class DualEncoderTeacher(nn.Module):
         words, word_mask = pool_words(projected, tokens.word_index, num_words)
         return TextFeatures(projected[:, 0], words, word_mask)
 
-    @torch.no_grad()
-    def similarity(self, pixel_values: Tensor, texts: list[str], image_index: Tensor) -> Tensor:
-        """Cosine between text i and image `image_index[i]`: (N,)."""
-        images = self.image_features(pixel_values)[image_index]
-        return (images * self.text_features(texts, 1).cls).sum(-1)
+
+def clip_preprocessing(folder: str | None, image_size: int) -> ImagePreprocessor:
+    """CLIP's input normalisation: its processor's mean/std where the folder has one, else OpenAI CLIP's."""
+    mean, std = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
+    if folder is not None:
+        from transformers import CLIPImageProcessor  # imported where used: it warns when torchvision is missing
+
+        try:
+            processor = CLIPImageProcessor.from_pretrained(folder)
+            mean, std = list(processor.image_mean), list(processor.image_std)
+        except OSError:  # a folder with the model only
+            pass
+    return ImagePreprocessor(image_size, mean, std)
+
+
+class CLIPTeacher(FrozenDualEncoder):
+    """A transformers CLIPModel as teacher: CLIP-V (projected image embedding), CLIP-T (projected eos state and
+    projected per-word token states, with CLIP's tokenizer) and zero-shot logits."""
+
+    def __init__(self, spec: TeacherSpec, key: str, student_preprocess: ImagePreprocessor | None, max_length: int) -> None:
+        if spec.pretrained is not None:
+            try:
+                model = CLIPModel.from_pretrained(spec.pretrained)
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"config key '{key}.pretrained': cannot load a CLIP model from "
+                                  f"'{spec.pretrained}' ({str(error).splitlines()[0]})") from None
+        elif spec.config:
+            model = CLIPModel(CLIPConfig(**spec.config))
+        else:
+            raise ConfigError(f"config key '{key}.pretrained': a CLIP teacher needs a CLIPModel folder or hub id")
+        super().__init__(student_preprocess, clip_preprocessing(spec.pretrained, model.config.vision_config.image_size))
+        self.model = _frozen(model)
+        source = spec.tokenizer or spec.pretrained
+        if source is None:
+            raise ConfigError(f"config key '{key}.tokenizer': a randomly initialised CLIP teacher needs a tokenizer folder")
+        self.tokenizer = load_tokenizer(source)
+        self.max_length = min(max_length, int(model.config.text_config.max_position_embeddings))
+
+    @property
+    def dim(self) -> int:
+        """Width of CLIP's joint embedding space."""
+        return int(self.model.config.projection_dim)
 
     @torch.no_grad()
-    def text_embeddings(self, texts: list[str]) -> Tensor:
-        """Text embeddings (N, D)."""
-        return self.text_features(texts, 1).cls
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        """CLIP-V: the projected image embedding (B, projection_dim)."""
+        pooled = self.model.vision_model(pixel_values=self._own_pixels(pixel_values)).pooler_output
+        return self.model.visual_projection(pooled).float()
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str], num_words: int) -> TextFeatures:
+        """CLIP-T: the projected eos state, and the mean projected state of each word's tokens."""
+        tokens = tokenize_with_words(self.tokenizer, texts, self.max_length)
+        device = next(self.model.parameters()).device
+        output = self.model.text_model(input_ids=tokens.input_ids.to(device),
+                                       attention_mask=tokens.attention_mask.to(device))
+        projected = self.model.text_projection(output.last_hidden_state).float()
+        words, word_mask = pool_words(projected, tokens.word_index, num_words)
+        return TextFeatures(self.model.text_projection(output.pooler_output).float(), words, word_mask)
 
 
 class HFImageTeacher(nn.Module):
@@ -150,37 +235,46 @@ class HFTextTeacher(nn.Module):
 
 @dataclass
 class Teachers:
-    """The configured teachers (None where switched off) and the dual encoder giving zero-shot logits, if any."""
+    """The configured teachers (None where switched off) and the dual encoder giving zero-shot logits, if needed."""
 
-    vision: DualEncoderTeacher | HFImageTeacher | None
-    text: DualEncoderTeacher | HFTextTeacher | None
-    dual: DualEncoderTeacher | None
+    vision: FrozenDualEncoder | HFImageTeacher | None
+    text: FrozenDualEncoder | HFTextTeacher | None
+    dual: FrozenDualEncoder | None
 
 
-def build_teachers(vision: TeacherSpec, text: TeacherSpec, preprocess: ImagePreprocessor, max_length: int,
-                   need_vision: bool, need_text: bool) -> Teachers:
-    """Load the teachers that distillation needs (an export used for both modalities is loaded once)."""
-    loaded: dict[str, DualEncoderTeacher] = {}
+class DualEncoders:
+    """Loads each dual-encoder teacher (mmd2v2 export or CLIP) once, however many roles it has."""
 
-    def dual(spec: TeacherSpec, key: str) -> DualEncoderTeacher:
-        if spec.pretrained is None:
-            raise ValueError(f"{key}.pretrained: a teacher of kind mmd2v2 needs an export folder")
-        folder = str(export_folder(spec.pretrained))
-        if folder not in loaded:
-            loaded[folder] = DualEncoderTeacher(load_pretrained(folder), preprocess, max_length)
-        return loaded[folder]
+    def __init__(self, preprocess: ImagePreprocessor | None, max_length: int) -> None:
+        self.preprocess, self.max_length = preprocess, max_length
+        self.loaded: dict[str, FrozenDualEncoder] = {}
 
-    vision_teacher: DualEncoderTeacher | HFImageTeacher | None = None
-    text_teacher: DualEncoderTeacher | HFTextTeacher | None = None
-    for spec, key in ((vision, "teachers.vision"), (text, "teachers.text")):
+    def get(self, spec: TeacherSpec, key: str) -> FrozenDualEncoder:
+        """The dual encoder of `spec` (`key` names it in errors)."""
         if spec.kind == "mmd2v2":
-            dual(spec, key)
+            if spec.pretrained is None:
+                raise ConfigError(f"config key '{key}.pretrained': a teacher of kind mmd2v2 needs an export folder")
+            name = f"mmd2v2:{export_folder(spec.pretrained)}"
+        else:
+            name = f"clip:{spec.pretrained}:{spec.tokenizer}:{sorted(spec.config.items())}"
+        if name not in self.loaded:
+            self.loaded[name] = (CLIPTeacher(spec, key, self.preprocess, self.max_length) if spec.kind == "hf" else
+                                 DualEncoderTeacher(load_pretrained(str(export_folder(str(spec.pretrained)))),
+                                                    self.preprocess, self.max_length))
+        return self.loaded[name]
+
+
+def build_teachers(cfg: TeachersConfig, preprocess: ImagePreprocessor, max_length: int, need_vision: bool,
+                   need_text: bool, need_logits: bool) -> Teachers:
+    """Load the teachers that distillation and confidence weighting need (a model in several roles is loaded once)."""
+    duals = DualEncoders(preprocess, max_length)
+    vision_teacher: FrozenDualEncoder | HFImageTeacher | None = None
+    text_teacher: FrozenDualEncoder | HFTextTeacher | None = None
     if need_vision:
-        if vision.kind == "none":
-            raise ValueError("teachers.vision.kind: vision distillation is on but no vision teacher is set")
-        vision_teacher = dual(vision, "teachers.vision") if vision.kind == "mmd2v2" else HFImageTeacher(vision)
+        vision_teacher = (duals.get(cfg.vision, "teachers.vision") if gives_logits(cfg.vision)
+                          else HFImageTeacher(cfg.vision))
     if need_text:
-        if text.kind == "none":
-            raise ValueError("teachers.text.kind: text distillation is on but no text teacher is set")
-        text_teacher = dual(text, "teachers.text") if text.kind == "mmd2v2" else HFTextTeacher(text, max_length)
-    return Teachers(vision_teacher, text_teacher, next(iter(loaded.values()), None))
+        text_teacher = (duals.get(cfg.text, "teachers.text") if gives_logits(cfg.text)
+                        else HFTextTeacher(cfg.text, max_length))
+    source = logits_teacher(cfg) if need_logits else None
+    return Teachers(vision_teacher, text_teacher, duals.get(source[1], source[0]) if source is not None else None)

@@ -29,7 +29,7 @@ from mmd2v2.runtime.random_state import restore_rng_state, rng_state, seed_every
 from mmd2v2.runtime.schedule import WarmupCosine
 from mmd2v2.vl.batches import BatchCollator, SkippableBatches, VLBatch, example_loader
 from mmd2v2.vl.checkpoint import save_vl_model
-from mmd2v2.vl.config import VLConfig, same_run_settings
+from mmd2v2.vl.config import VLConfig, needed_teachers, same_run_settings
 from mmd2v2.vl.objective import VLObjective
 from mmd2v2.vl.resume import RESUME, Position, SavedRun, load_run_state, remove_run_state, save_run_state
 from mmd2v2.vl.student import VLStudent, build_backbone
@@ -183,24 +183,20 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
         raise ValueError("training split: no usable example (see the skipped counts)")
     parts = build_backbone(cfg.student, [t for e in task.train.examples for t in e.texts])
     distill, adaptive = cfg.distill, cfg.adaptive
-    selection = distill.token_selection
-    need_vision = distill.vision or selection == "adaptive" or (adaptive.enabled and adaptive.distill and distill.vision)
-    need_text = distill.text or selection != "none" or (adaptive.enabled and adaptive.distill and distill.text)
-    teachers = build_teachers(cfg.teachers.vision, cfg.teachers.text, parts.preprocess, cfg.task.max_text_length,
-                              need_vision, need_text)
+    need_vision, need_text = needed_teachers(distill)
+    teachers = build_teachers(cfg.teachers, parts.preprocess, cfg.task.max_text_length, need_vision, need_text,
+                              distill.confidence_weighting)
     student = VLStudent(parts.backbone, task.num_outputs, cfg.student.head_hidden_ratio,
                         teachers.vision.dim if teachers.vision else None, teachers.text.dim if teachers.text else None,
                         len(parts.tokenizer) if adaptive.enabled else None).to(cfg.trainer.device)
-    for teacher in {id(t): t for t in (teachers.vision, teachers.text) if t is not None}.values():
+    for teacher in {id(t): t for t in (teachers.vision, teachers.text, teachers.dual) if t is not None}.values():
         teacher.to(cfg.trainer.device)
     if isinstance(teachers.vision, HFImageTeacher) and uses_bf16(cfg.trainer.device, cfg.trainer.precision):
         teachers.vision.teacher.autocast_dtype = torch.bfloat16  # the image teacher keeps fp32 unless told
     collator = BatchCollator(parts.tokenizer, cfg.task.max_text_length)
     scorer = None
-    if distill.confidence_weighting:
-        if teachers.dual is None:
-            raise ValueError("distill.confidence_weighting: needs a teacher of kind mmd2v2 (zero-shot logits)")
-        scorer = ZeroShotScorer(teachers.dual.to(cfg.trainer.device), task, cfg.teachers.zero_shot_logit_scale)
+    if teachers.dual is not None:
+        scorer = ZeroShotScorer(teachers.dual, task, cfg.teachers.zero_shot_logit_scale, cfg.teachers.zero_shot_prompt)
         if task.name == "snli_ve":
             scorer.fit_anchors(collect_similarities(scorer, task.train.examples, parts.preprocess, collator,
                                                     cfg.trainer.eval_batch_size, False, cfg.trainer.num_workers))

@@ -1,6 +1,7 @@
-"""Zero-shot predictions of a dual-encoder (mmd2v2 export): the zero-shot protocol and teacher logits for CW.
+"""Zero-shot predictions of a dual encoder (CLIP or an mmd2v2 export): the zero-shot protocol and teacher logits for CW.
 
-VCR: the choice whose text (question + answer [+ rationale]) best matches the image. SNLI-VE: the cosine of image
+VCR: the choice whose text best matches the image; prompt `ia` (the paper's IA / IR) scores the answer (Q->A) or the
+rationale (QA->R) alone, `iqa` the question + answer [+ right answer + rationale]. SNLI-VE: the cosine of image
 and hypothesis, clustered by k-means (k = 3) on the evaluated split; the cluster of highest similarity is
 entailment, the middle one neutral, the lowest contradiction. VQA: image against every answer of the vocabulary.
 """
@@ -8,6 +9,7 @@ entailment, the middle one neutral, the lowest contradiction. VQA: image against
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -15,7 +17,7 @@ from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.vl.batches import BatchCollator, VLBatch, example_loader
 from mmd2v2.vl.tasks import TaskData, task_metrics
 from mmd2v2.vl.tasks.base import VLExample
-from mmd2v2.vl.teachers import DualEncoderTeacher
+from mmd2v2.vl.teachers import FrozenDualEncoder
 
 
 def kmeans_1d(values: Tensor, k: int = 3, iterations: int = 100) -> Tensor:
@@ -46,14 +48,20 @@ def entailment_logits(similarity: Tensor, anchors: Tensor, scale: float) -> Tens
 class ZeroShotScorer:
     """Per-task logits of a dual encoder for a batch: (B, classes) for VQA / SNLI-VE, (B, 4) for VCR."""
 
-    def __init__(self, dual: DualEncoderTeacher, task: TaskData, scale: float) -> None:
-        self.dual, self.task, self.scale = dual, task, scale
+    def __init__(self, dual: FrozenDualEncoder, task: TaskData, scale: float, prompt: str = "ia") -> None:
+        self.dual, self.task, self.scale, self.prompt = dual, task, scale, prompt
         self.answer_embeddings: Tensor | None = None
         self.anchors: Tensor | None = None
 
+    def prompts(self, batch: VLBatch) -> list[str]:
+        """The texts matched against the image: VCR's choices alone with prompt `ia`, else the batch's texts."""
+        if self.task.name == "vcr" and self.prompt == "ia":
+            return [prompt for example in batch.examples for prompt in example.prompts]
+        return batch.texts
+
     def similarities(self, batch: VLBatch) -> Tensor:
         """Cosine between each text and its image: (N,)."""
-        return self.dual.similarity(batch.pixel_values, batch.texts, batch.image_index)
+        return self.dual.similarity(batch.pixel_values, self.prompts(batch), batch.image_index)
 
     def fit_anchors(self, similarities: Tensor) -> None:
         """SNLI-VE: k-means anchors from image-hypothesis similarities (no labels)."""
@@ -65,7 +73,8 @@ class ZeroShotScorer:
         if self.task.name == "vqa":
             if self.answer_embeddings is None:
                 self.answer_embeddings = self.dual.text_embeddings(self.task.classes)
-            return self.scale * self.dual.image_features(batch.pixel_values) @ self.answer_embeddings.T
+            images = F.normalize(self.dual.image_features(batch.pixel_values), dim=-1)
+            return self.scale * images @ self.answer_embeddings.T
         similarity = self.similarities(batch)
         if self.task.name == "vcr":
             return self.scale * similarity.view(len(batch.examples), -1)

@@ -26,6 +26,7 @@ class VLExample:
     targets: tuple[tuple[int, float], ...] = ()  # VQA: (answer index, soft score) pairs
     answers: tuple[str, ...] = ()  # VQA: the human answers (for the VQA accuracy)
     mode: str = ""  # VCR: q2a or qa2r
+    prompts: tuple[str, ...] = ()  # VCR: each choice alone, the zero-shot IA / IR prompts (answers or rationales)
 
 
 class BadRecordError(ValueError):

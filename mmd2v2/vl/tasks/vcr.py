@@ -98,8 +98,8 @@ def load_vcr_split(cfg: TaskConfig, files: SplitFiles) -> LoadedSplit:
         path = folder / (cfg.image_pattern.format(image_id=image) if cfg.image_pattern else image)
         common = {"record_id": annot, "image_id": image, "image": path, "group": question_category(question)}
         examples.append(VLExample(key=f"annot_id {annot} q2a", texts=tuple(f"{question} {a}" for a in answers),
-                                  label=answer, mode="q2a", **common))
+                                  label=answer, mode="q2a", prompts=tuple(answers), **common))
         examples.append(VLExample(key=f"annot_id {annot} qa2r",
                                   texts=tuple(f"{question} {answers[answer]} {r}" for r in rationales),
-                                  label=rationale, mode="qa2r", **common))
+                                  label=rationale, mode="qa2r", prompts=tuple(rationales), **common))
     return LoadedSplit(examples, bad.summary())
