@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from conftest import TINY_TEXT, TINY_VISION
 from transformers import BeitConfig, BeitModel, RobertaConfig, RobertaModel
@@ -69,6 +71,15 @@ class StandIns:
             folder = self.root / key
             self.made[key] = _export(folder) if kind == "mmd2v2" else _hf_model(family, folder)
         return self.made[key]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (several threads on a loaded CPU wait on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
