@@ -140,7 +140,7 @@ class DataConfig:
     image_std: list[float] | None = None  # None = the image encoder's own, else ImageNet's
     max_text_length: int = 64
     num_workers: int | Literal["auto"] = "auto"  # loader processes per rank; auto: none on a CPU, else the rank's cores - 1 (<= 16)
-    jpeg_draft: bool = True  # decode JPEGs at reduced DCT scale when the image size is smaller; false: every pixel (the old path)
+    fast_decode: bool = True  # JPEGs decoded at reduced DCT scale, resized by torch; false: every pixel, PIL (old pixels)
     random_crop_scale: list[float] | None = None  # training augmentation, e.g. [0.9, 1.0]: random resized crop
     hflip_prob: float = 0.0  # training augmentation: left-right flip (captions saying left/right would then lie)
 

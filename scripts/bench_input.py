@@ -12,8 +12,9 @@ captions per image, and reads them into model-ready batches through the real loa
   and `encode_split`.
 
 Paths: "baseline" is today's path (every JPEG pixel decoded, resized, normalised to float32 on the host per
-image); "fast" the default (JPEG draft mode: DCT-scaled decoding, uint8 through the loader, normalised on the
-device); "uint8 only" the fast path with `data.jpeg_draft=false` (the old pixels). Workers 0 = the loading
+image); "fast" the default (JPEGs decoded at reduced DCT scale by PIL's draft mode, resized by torch's uint8
+kernels, uint8 through the loader, normalised on the device); "uint8 only" the fast path's loader with
+`data.fast_decode=false` (PIL decodes and resizes every pixel: the old pixels). Workers 0 = the loading
 process itself; one thread per process. "per core" is images per CPU second of all the processes (loader
 workers included), which other jobs on a shared machine do not dilute as they do images/s; "cores" is how many
 such cores feed `--target` samples/s; "speed-up" compares per-core rates with the baseline's at the same workers.
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -168,8 +170,8 @@ def jpeg_recall(export: Path, scales: list[int], quality: int, folder: Path) -> 
     split = bundle.config.eval.split
     records = load_karpathy_split(json_path, split, image_root)
 
-    def recall(path: Path, root: Path | None, draft: bool) -> dict[str, float]:
-        preprocess = ImagePreprocessor(**{**bundle.preprocess.to_dict(), "draft": draft})
+    def recall(path: Path, root: Path | None, fast: bool) -> dict[str, float]:
+        preprocess = ImagePreprocessor(**{**bundle.preprocess.to_dict(), "fast": fast})
         report = evaluate_retrieval(dataclasses.replace(bundle, preprocess=preprocess), path, root, split, 256, [1, 5, 10],
                                     progress=False)
         return {f"{d} R@{k}": report[d][f"R@{k}"] for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}  # type: ignore[index]
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader processes (0: the loading process)")
     parser.add_argument("--quality", type=int, default=90)
+    parser.add_argument("--rounds", type=int, default=3, help="measure every variant this often; medians are printed")
     parser.add_argument("--target", type=float, default=4500.0, help="samples/s to feed (docs/benchmarks.md)")
     parser.add_argument("--data-dir", type=Path, default=None, help="where to write the JPEGs (default: a temporary folder)")
     parser.add_argument("--recall", type=Path, default=None, help="an export trained on the demo (runs/demo/export)")
@@ -214,17 +217,19 @@ def main(argv: list[str] | None = None) -> None:
             path.read_bytes()  # in the page cache: time decoding, not the disk
         settings = {**DEFAULTS, "size": args.size}
         fast = ImagePreprocessor(**settings)
-        full = ImagePreprocessor(**{**settings, "draft": False})
+        full = ImagePreprocessor(**{**settings, "fast": False})
         variants = [("baseline", full, True), ("uint8 only", full, False), ("fast", fast, False)]
-        rows = []
-        for loader_name, measure in (("training pairs", training_rate), ("cache/index/eval", files_rate)):
-            source: Path | list[Path] = json_path if measure is training_rate else paths
-            for workers in args.workers:
-                base = 0.0
-                for path_name, preprocess, legacy in variants:
-                    rate, per_core = measure(source, preprocess, legacy, args.batch, workers)  # type: ignore[operator]
-                    base = base or per_core
-                    rows.append((loader_name, path_name, workers, rate, per_core, per_core / base))
+        runs: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+        for _ in range(args.rounds):  # every round measures every variant: load changes hit all of them alike
+            for loader_name, measure in (("training pairs", training_rate), ("cache/index/eval", files_rate)):
+                source: Path | list[Path] = json_path if measure is training_rate else paths
+                for workers in args.workers:
+                    for path_name, preprocess, legacy in variants:
+                        rates = measure(source, preprocess, legacy, args.batch, workers)  # type: ignore[operator]
+                        runs.setdefault((loader_name, path_name, workers), []).append(rates)
+        medians = {key: tuple(statistics.median(r[i] for r in rates) for i in (0, 1)) for key, rates in runs.items()}
+        rows = [(loader_name, path_name, workers, rate, per_core, per_core / medians[loader_name, "baseline", workers][1])
+                for (loader_name, path_name, workers), (rate, per_core) in medians.items()]
         change = pixel_change(paths, fast, full)
         start = time.perf_counter()
         batch = torch.randint(0, 256, (args.batch, args.size, args.size, 3), dtype=torch.uint8)
@@ -233,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         recalls = jpeg_recall(args.recall, args.recall_scales, args.quality, folder) if args.recall else []
 
     print(f"{args.images} JPEGs (quality {args.quality}; {args.images * 5} training pairs), batches of {args.batch} at "
-          f"{args.size} px; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+          f"{args.size} px; medians of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+          "cores\n")
     print(f"{'loader':<18}{'path':<12}{'workers':>8}{'images/s':>10}{'per core':>10}{'speed-up':>10}{'cores':>7}")
     for loader_name, path_name, workers, rate, per_core, ratio in rows:
         cores = math.ceil(args.target / per_core)

@@ -89,7 +89,7 @@ def test_bench_input_compares_the_fast_path_with_todays_in_the_same_run(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("skimage")  # the bench's real photos (dev extra)
     monkeypatch.setattr(sys, "argv", ["bench_input.py", "--images", "6", "--batch", "4", "--size", "32", "--workers", "0",
-                                      "--data-dir", str(tmp_path)])
+                                      "--rounds", "1", "--data-dir", str(tmp_path)])
     runpy.run_path(str(ROOT / "scripts" / "bench_input.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["loader", "path", "workers"])

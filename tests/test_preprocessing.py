@@ -35,11 +35,14 @@ def _config(image: EncoderConfig, **data: object) -> Config:
 
 def test_preprocessor_resizes_with_its_resample_and_normalises() -> None:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
-    for resample in ("bilinear", "bicubic"):
-        pixels = ImagePreprocessor(12, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], resample)(image)
+    for resample in ("bilinear", "bicubic", "lanczos"):
         resized = np.asarray(image.resize((12, 12), Image.Resampling[resample.upper()]), dtype=np.float32) / 255.0
-        expected = (resized.transpose(2, 0, 1) - np.array([0.5, 0.4, 0.3]).reshape(3, 1, 1)) / 0.2
-        torch.testing.assert_close(pixels, torch.from_numpy(expected.astype(np.float32)))
+        expected = torch.from_numpy(((resized.transpose(2, 0, 1) - np.array([0.5, 0.4, 0.3]).reshape(3, 1, 1)) / 0.2)
+                                    .astype(np.float32))
+        old = ImagePreprocessor(12, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], resample, fast=False)(image)
+        torch.testing.assert_close(old, expected)  # the old path: PIL's pixels
+        fast = ImagePreprocessor(12, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], resample)(image)
+        torch.testing.assert_close(fast, expected, rtol=0, atol=1.01 / 255 / 0.2)  # torch's kernels: one grey level
     with pytest.raises(ValueError, match="resample: got 'cubic'"):
         ImagePreprocessor(12, [0.5] * 3, [0.5] * 3, "cubic")
 
@@ -51,9 +54,9 @@ def test_settings_come_from_the_encoders_processor_config(tmp_path: Path) -> Non
     for family in ("vit", "auto"):
         preprocess = resolve_image_preprocessing(_config(EncoderConfig(family=family, pretrained=folder)))
         assert preprocess.to_dict() == {"size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "resample": "bilinear",
-                                         "draft": True}
+                                         "fast": True}
     explicit = resolve_image_preprocessing(_config(EncoderConfig(pretrained=folder), image_size=24, image_mean=[0.5] * 3))
-    assert explicit.to_dict() == {"size": 24, "mean": [0.5] * 3, "std": [0.4, 0.5, 0.6], "resample": "bilinear", "draft": True}
+    assert explicit.to_dict() == {"size": 24, "mean": [0.5] * 3, "std": [0.4, 0.5, 0.6], "resample": "bilinear", "fast": True}
 
 
 def test_without_a_processor_config_the_encoders_image_size_and_imagenet_statistics(tmp_path: Path) -> None:
@@ -66,16 +69,16 @@ def test_without_a_processor_config_the_encoders_image_size_and_imagenet_statist
 
 def test_demo_config_keeps_its_explicit_preprocessing() -> None:
     preprocess = resolve_image_preprocessing(load_config(ROOT / "configs" / "demo.yaml"))
-    assert preprocess.to_dict() == {"size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "resample": "bicubic", "draft": True}
-    assert not resolve_image_preprocessing(load_config(ROOT / "configs" / "demo.yaml", ["data.jpeg_draft=false"])).draft
+    assert preprocess.to_dict() == {"size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "resample": "bicubic", "fast": True}
+    assert not resolve_image_preprocessing(load_config(ROOT / "configs" / "demo.yaml", ["data.fast_decode=false"])).fast
 
 
-def test_exported_settings_round_trip_and_old_files_are_bicubic_and_fully_decoded() -> None:
-    for draft in (True, False):
-        preprocess = ImagePreprocessor(36, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], "bilinear", draft)
+def test_exported_settings_round_trip_and_old_files_are_bicubic_on_the_old_path() -> None:
+    for fast in (True, False):
+        preprocess = ImagePreprocessor(36, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], "bilinear", fast)
         assert ImagePreprocessor.from_dict(json.loads(json.dumps(preprocess.to_dict()))).to_dict() == preprocess.to_dict()
     old = ImagePreprocessor.from_dict({"size": 36, "mean": [0.5] * 3, "std": [0.5] * 3})
-    assert old.resample == "bicubic" and not old.draft
+    assert old.resample == "bicubic" and not old.fast
 
 
 def test_tokenizer_comes_from_the_text_encoder_folder_and_honours_max_text_length(tmp_path: Path) -> None:
@@ -105,7 +108,7 @@ def _photo(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
 
 
 def test_host_keeps_uint8_and_the_step_normalises_exactly_as_the_float_path(tmp_path: Path) -> None:
-    preprocess = ImagePreprocessor(16, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25])
+    preprocess = ImagePreprocessor(16, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25], fast=False)
     paths = [_photo(tmp_path / f"{i}.png", (30, 20), i) for i in range(3)]
     samples = [PairSample(preprocess.decode(path), "a circle", i) for i, path in enumerate(paths)]
     assert samples[0].pixel_values is not None and samples[0].pixel_values.dtype == torch.uint8
@@ -117,19 +120,22 @@ def test_host_keeps_uint8_and_the_step_normalises_exactly_as_the_float_path(tmp_
         array = np.asarray(Image.open(path).convert("RGB").resize((16, 16), Image.Resampling.BICUBIC), np.float32)
         old.append((array.transpose(2, 0, 1) / 255.0 - np.array([0.5, 0.4, 0.3], np.float32).reshape(3, 1, 1))
                    / np.array([0.2, 0.3, 0.25], np.float32).reshape(3, 1, 1))
-    assert torch.equal(on_device["pixel_values"], torch.from_numpy(np.stack(old)))  # bit for bit: the demo's pixels
+    assert torch.equal(on_device["pixel_values"], torch.from_numpy(np.stack(old)))  # bit for bit
     assert torch.equal(on_device["pixel_values"][0], preprocess.load(paths[0]))
+    fast = ImagePreprocessor(30, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25])
+    square = _photo(tmp_path / "square.png", (30, 30))  # a PNG at the model's size, like the demo's: nothing to resize
+    assert torch.equal(fast.decode(square), ImagePreprocessor.from_dict({**fast.to_dict(), "fast": False}).decode(square))
 
 
-def test_draft_decodes_jpegs_at_reduced_scale_close_to_every_pixel(tmp_path: Path) -> None:
+def test_fast_path_decodes_jpegs_at_reduced_scale_close_to_every_pixel(tmp_path: Path) -> None:
     jpeg, png = _photo(tmp_path / "photo.jpg", (640, 480)), _photo(tmp_path / "photo.png", (640, 480))
-    fast, full = ImagePreprocessor(64, [0.5] * 3, [0.5] * 3), ImagePreprocessor(64, [0.5] * 3, [0.5] * 3, draft=False)
+    fast, full = ImagePreprocessor(64, [0.5] * 3, [0.5] * 3), ImagePreprocessor(64, [0.5] * 3, [0.5] * 3, fast=False)
     with Image.open(jpeg) as image:
         image.draft("RGB", (64, 64))
         assert image.size == (160, 120)  # 1/4 scale: the smallest DCT scale that still covers 64 x 64
     difference = (fast.decode(jpeg).float() - full.decode(jpeg).float()).abs()
     assert 0 < difference.mean() < 3 and difference.max() < 40  # grey levels of 255
-    assert torch.equal(fast.decode(png), full.decode(png))  # draft mode only changes JPEGs
+    assert (fast.decode(png).float() - full.decode(png).float()).abs().max() <= 1  # PNG: only the resize kernel
 
 
 def test_image_batches_keep_order_and_skip_bad_files(tmp_path: Path) -> None:

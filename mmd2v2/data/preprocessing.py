@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -19,8 +20,9 @@ from transformers.image_processing_base import ImageProcessingMixin
 from mmd2v2.config import Config, EncoderConfig
 
 DEFAULTS: dict[str, Any] = {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resample": "bicubic",
-                            "draft": True}
+                            "fast": True}
 DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for a missing, truncated or corrupt image
+TORCH_RESAMPLE = ("bilinear", "bicubic")  # the resamplings torch has antialiased uint8 kernels for
 
 
 class ImagePreprocessor:
@@ -28,35 +30,40 @@ class ImagePreprocessor:
     stack with plain copies) and batches of those into normalised (..., 3, size, size) floats (`normalize`, on any
     device); `load` does both for one image.
 
-    `draft`: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still covers `size` before resizing; False
-    decodes every pixel (the pixels of exports made before this setting existed)."""
+    `fast`: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still covers `size`, and resize bilinear and
+    bicubic with torch's antialiased uint8 kernels (within one grey level of PIL's, 3x faster); False decodes every
+    pixel and resizes with PIL (the pixels of exports made before this setting existed)."""
 
-    def __init__(self, size: int, mean: list[float], std: list[float], resample: str = "bicubic", draft: bool = True) -> None:
+    def __init__(self, size: int, mean: list[float], std: list[float], resample: str = "bicubic", fast: bool = True) -> None:
         if resample.upper() not in Image.Resampling.__members__:
             raise ValueError(f"resample: got '{resample}', expected one of {[m.lower() for m in Image.Resampling.__members__]}")
         self.size = size
         self.resample = resample.lower()
-        self.draft = draft
+        self.fast = fast
         self.mean_values, self.std_values = [float(v) for v in mean], [float(v) for v in std]
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> ImagePreprocessor:
-        """Rebuild from `to_dict`'s output (files without `resample` are bicubic, without `draft` fully decoded)."""
+        """Rebuild from `to_dict`'s output (files without `resample` are bicubic, without `fast` the old path)."""
         return cls(settings["size"], settings["mean"], settings["std"], settings.get("resample", "bicubic"),
-                   settings.get("draft", False))
+                   settings.get("fast", False))
 
     def to_uint8(self, image: Image.Image) -> Tensor:
         """A decoded PIL image as RGB, resized to (size, size, 3) uint8."""
         if image.mode != "RGB":
             image = image.convert("RGB")
-        if image.size != (self.size, self.size):
-            image = image.resize((self.size, self.size), Image.Resampling[self.resample.upper()])
-        return torch.from_numpy(np.array(image))
+        if image.size == (self.size, self.size):
+            return torch.from_numpy(np.array(image))
+        if self.fast and self.resample in TORCH_RESAMPLE:
+            pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]  # a view: channels last in memory
+            resized = F.interpolate(pixels, size=(self.size, self.size), mode=self.resample, antialias=True)
+            return resized[0].permute(1, 2, 0).contiguous()
+        return torch.from_numpy(np.array(image.resize((self.size, self.size), Image.Resampling[self.resample.upper()])))
 
     def decode(self, source: str | Path | BinaryIO) -> Tensor:
         """An image file as (size, size, 3) uint8 (raises one of DECODE_ERRORS when it cannot be decoded)."""
         with Image.open(source) as image:
-            if self.draft:
+            if self.fast:
                 image.draft("RGB", (self.size, self.size))  # JPEG only: DCT scaling, the result stays >= size
             return self.to_uint8(image)
 
@@ -78,7 +85,7 @@ class ImagePreprocessor:
     def to_dict(self) -> dict[str, object]:
         """Settings for an exported checkpoint's preprocessing file."""
         return {"size": self.size, "mean": self.mean_values, "std": self.std_values, "resample": self.resample,
-                "draft": self.draft}
+                "fast": self.fast}
 
 
 class ImageFiles(Dataset[tuple[Tensor | None, int]]):
@@ -162,7 +169,7 @@ def resolve_image_preprocessing(config: Config) -> ImagePreprocessor:
     else:
         found = hf_preprocessing(encoder)
     explicit = {"size": config.data.image_size, "mean": config.data.image_mean, "std": config.data.image_std,
-                "draft": config.data.jpeg_draft}
+                "fast": config.data.fast_decode}
     settings = dict(DEFAULTS)
     for source in (found, explicit):
         settings.update({k: v for k, v in source.items() if v is not None})
