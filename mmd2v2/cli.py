@@ -1,4 +1,4 @@
-"""`mmd2v2 <train|cache|eval|index|search|serve|demo-data|vl>`: the project's one console script."""
+"""`mmd2v2 <pretrain|train|cache|eval|index|search|serve|demo-data|vl>`: the project's one console script."""
 
 from __future__ import annotations
 
@@ -35,6 +35,31 @@ def run_train(args: argparse.Namespace) -> int:
     from mmd2v2.train.loop import train
 
     train(config, args.output_dir or Path(config.trainer.output_dir), resume=args.resume)
+    return 0
+
+
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mmd2v2 pretrain`."""
+    parser.add_argument("--config", type=Path, help="YAML pretraining config (defaults in code when omitted)")
+    parser.add_argument("--output-dir", type=Path, help="run folder; the encoder is exported to OUTPUT_DIR/model "
+                                                        "(default: trainer.output_dir)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    parser.add_argument("--dump-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain one unimodal encoder (data2vec 2.0) from parsed arguments."""
+    from mmd2v2.pretrain.config import load_pretrain_config
+
+    config = load_pretrain_config(args.config, args.overrides)
+    if args.dump_config:
+        print(json.dumps(config_to_dict(config), indent=2))
+        return 0
+    from mmd2v2.pretrain.run import pretrain
+
+    pretrain(config, args.output_dir or Path(config.trainer.output_dir), resume=args.resume)
     return 0
 
 
@@ -273,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mmd2v2` console script."""
     parser = argparse.ArgumentParser(prog="mmd2v2", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    add_pretrain_arguments(commands.add_parser("pretrain", help="self-supervised (data2vec 2.0) pretraining of an image "
+                                                                "or text encoder on unpaired data"))
     add_train_arguments(commands.add_parser("train", help="train a model (single process; use deepspeed train.py for many)"))
     add_cache_arguments(commands.add_parser("cache", help="compute a run's feature cache (teacher targets, frozen "
                                                           "encoder outputs); torchrun/deepspeed share the work"))
@@ -288,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["demo-data"]:  # its own parser takes every argument, --help included
         return guarded(run_demo_data, argparse.Namespace(demo_args=argv[1:]))
     args = parser.parse_args(argv)
-    handlers = {"train": run_train, "cache": run_cache, "eval": run_eval, "index": run_index, "search": run_search, "serve": run_serve,
+    handlers = {"pretrain": run_pretrain, "train": run_train, "cache": run_cache, "eval": run_eval, "index": run_index, "search": run_search, "serve": run_serve,
                 "demo-data": run_demo_data, "vl": run_vl}
     return guarded(handlers[args.command], args)
 

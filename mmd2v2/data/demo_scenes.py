@@ -32,11 +32,14 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mmd2v2.files import replace_folder
 
 T = TypeVar("T")
 GENERATOR_VERSION = 3
@@ -53,6 +56,7 @@ PARTIAL_PAIR = 0.8  # chance that caption 4 describes two objects (when the scen
 NUMBERS = ("zero", "one", "two", "three", "four")
 PLACES = (("top left", "top", "top right"), ("left", "center", "right"), ("bottom left", "bottom", "bottom right"))
 SPLITS = ("train", "val", "test")
+UNPAIRED_SPLITS = ("unpaired_images", "unpaired_captions")  # scenes of their own: never a paired or test scene
 HALF_EXTENT = {"small": 0.22, "large": 0.38}  # half-width of an object, as a fraction of its grid cell
 JITTER = 0.06  # largest centre offset, as a fraction of a cell: 0.38 + 0.06 < 0.5, so objects never overlap
 SHADE = 12  # largest per-object shift of each colour channel
@@ -174,7 +178,7 @@ def _shade(colour: tuple[int, int, int], rng: np.random.Generator) -> tuple[int,
 
 def generate_scene(seed: int, split: str, index: int) -> Scene:
     """The scene at `index` of `split`; it depends only on (seed, split, index)."""
-    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    rng = np.random.default_rng([seed, (*SPLITS, *UNPAIRED_SPLITS).index(split), index])
     objects = _sample_objects(rng)
     captions = _captions(objects, rng)
     background = int(rng.integers(60, 140))
@@ -228,6 +232,55 @@ def _write(folder: Path, counts: dict[str, int], image_size: int, seed: int) -> 
     (folder / "dataset_demo.json").write_text(json.dumps({"dataset": "demo", "images": images}))
 
 
+def _publish(root: Path, manifest: dict[str, int], write: Callable[[Path], None]) -> None:
+    """Write a generated set with `write(tmp)` into a temporary sibling of `root`, then rename it into place; an
+    existing `root` is replaced only if it is empty or holds an earlier generated set."""
+    manifest_path = root / "demo_manifest.json"
+    if root.exists() and any(root.iterdir()) and not manifest_path.is_file():
+        raise ValueError(f"'{root}' is not empty and holds no demo set: refusing to replace it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the set is an ordinary folder
+    try:
+        write(tmp)
+        (tmp / "demo_manifest.json").write_text(json.dumps(manifest))
+        replace_folder(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_current(root: Path, manifest: dict[str, int], product: str) -> bool:
+    manifest_path = root / "demo_manifest.json"
+    return (root / product).exists() and manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest
+
+
+def write_demo_unpaired(root: str | Path, num_images: int = 30000, num_captions: int = 30000, image_size: int = 64,
+                        seed: int = 0) -> Path:
+    """Write unpaired demo data for self-supervised pretraining into `root` (reused when already written with the same
+    settings): `images/` with `num_images` scenes and `captions.txt` with `num_captions` captions (five per scene) of
+    other scenes. Both come from random streams of their own, so no paired, validation or test scene is among them."""
+    if min(num_images, num_captions) < 1 or image_size < 24:
+        raise ValueError(f"unpaired demo set: need num_images, num_captions >= 1 and image_size >= 24, got {num_images}, "
+                         f"{num_captions}, {image_size}")
+    root = Path(root)
+    manifest = {"version": GENERATOR_VERSION, "kind": "unpaired", "num_images": num_images,
+                "num_captions": num_captions, "image_size": image_size, "seed": seed}
+
+    def write(folder: Path) -> None:
+        (folder / "images").mkdir()
+        for index in range(num_images):
+            scene = generate_scene(seed, "unpaired_images", index)
+            render(scene, image_size).save(folder / "images" / f"{index:06d}.png", compress_level=1)
+        lines: list[str] = []
+        for index in range((num_captions + 4) // 5):
+            lines.extend(generate_scene(seed, "unpaired_captions", index).captions)
+        (folder / "captions.txt").write_text("\n".join(lines[:num_captions]) + "\n")
+
+    if not _is_current(root, manifest, "captions.txt"):
+        _publish(root, manifest, write)
+    return root
+
+
 def write_demo_dataset(root: str | Path, num_train: int = 6000, num_val: int = 200, num_test: int = 500,
                        image_size: int = 64, seed: int = 0) -> Path:
     """Write the demo set into `root` (reused if already written with the same settings); returns its JSON path.
@@ -239,10 +292,12 @@ def write_demo_dataset(root: str | Path, num_train: int = 6000, num_val: int = 2
         raise ValueError(f"demo set: need split sizes >= 0 and image_size >= 24, got {num_train}/{num_val}/{num_test}, "
                          f"{image_size}")
     root = Path(root)
-    json_path, manifest_path = root / "dataset_demo.json", root / "demo_manifest.json"
     manifest = _manifest(num_train, num_val, num_test, image_size, seed)
-    if json_path.is_file() and manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
-        return json_path
+    if not _is_current(root, manifest, "dataset_demo.json"):
+        counts = dict(zip(SPLITS, (num_train, num_val, num_test), strict=True))
+        _publish(root, manifest, lambda folder: _write(folder, counts, image_size, seed))
+    json_path = root / "dataset_demo.json"
+    return json_path
     if root.exists() and any(root.iterdir()) and not manifest_path.is_file():
         raise ValueError(f"'{root}' is not empty and holds no demo set: refusing to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
