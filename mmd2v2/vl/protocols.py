@@ -78,7 +78,7 @@ def format_table(task: str, results: dict[str, dict[str, dict[str, float]]], col
         lines.append(f"| {method} | {' | '.join(cells)} |")
     trained = "; ".join(f"{label}: {size_label(counts)}" for label, counts in sizes.items())
     return (f"{task} {MAIN_METRIC[task]} (%), mean (variance, seeds) on the validation split\n\n" + "\n".join(lines)
-            + f"\n\ntraining {UNITS[task]} per run: {trained}\n")
+            + "\n" + (f"\ntraining {UNITS[task]} per run: {trained}\n" if sizes else ""))
 
 
 def finished_run(folder: Path, cfg: VLConfig) -> dict[str, Any] | None:
@@ -96,8 +96,9 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
     """Run the configured settings x methods x seeds; write protocol.json and protocol.md into `output_dir`.
     With `reuse`, a run that already finished in `output_dir/runs/` with the same settings is not trained again."""
     method_cfgs = {method: with_overrides(cfg, method_overrides(method)) for method in cfg.protocol.methods}
-    zero_shot = zero_shot_source(cfg) if "zero_shot" in cfg.protocol.settings and cfg.task.name != "vqa" else None
-    if "zero_shot" in cfg.protocol.settings and cfg.task.name != "vqa" and zero_shot is None:
+    wants_zero_shot = "zero_shot" in cfg.protocol.settings and cfg.task.name != "vqa"  # VQA has no zero-shot here
+    zero_shot = zero_shot_source(cfg) if wants_zero_shot else None
+    if wants_zero_shot and zero_shot is None:
         raise ConfigError("config keys 'protocol.settings' and 'protocol.zero_shot_model': zero_shot needs an mmd2v2 "
                           "export or CLIP (protocol.zero_shot_model, teachers.zero_shot or student.init_from)")
     out = Path(output_dir)

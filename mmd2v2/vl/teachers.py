@@ -72,6 +72,11 @@ class FrozenDualEncoder(nn.Module):
             pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
         return pixels
 
+    @property
+    def dim(self) -> int:
+        """Width of the features distilled towards."""
+        raise NotImplementedError
+
     def image_features(self, pixel_values: Tensor) -> Tensor:
         """The image feature distilled towards (B, D)."""
         raise NotImplementedError
