@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,21 @@ def tiny_overrides(output_dir: Path, data_dir: Path, **extra: object) -> list[st
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@contextmanager
+def process_group_undone() -> Iterator[None]:
+    """Undo the launcher variables and process group that training in this process sets up (later subprocesses)."""
+    import torch.distributed as dist
+
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-from conftest import tiny_overrides
+from conftest import process_group_undone, tiny_overrides
 
 from mmd2v2.config import load_config
 from mmd2v2.data.pairs import PairCollator
@@ -30,14 +28,9 @@ FROZEN = {"model.image.freeze": True, "model.text.freeze": True, "cache.encoders
 
 @pytest.fixture(autouse=True)
 def process_group_is_undone() -> Iterator[None]:
-    """prepare_run sets launcher variables and starts a process group in this process: undo both afterwards, so
-    later subprocesses do not inherit them."""
-    saved = dict(os.environ)
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(saved)
+    """prepare_run starts a process group in this process: undone after each test."""
+    with process_group_undone():
+        yield
 
 
 def _parts(run: Path, demo_dir: Path, **extra: object) -> RunParts:

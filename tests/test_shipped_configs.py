@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
+from conftest import process_group_undone
 from PIL import Image
 
 from mmd2v2.cli import main
@@ -33,13 +32,9 @@ WORDS = "a red blue green big small circle square triangle left of right above b
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group_is_undone() -> Iterator[None]:
-    """Training in this process sets launcher variables and starts a process group: undo both afterwards."""
-    saved = dict(os.environ)
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(saved)
+    """Training in this process starts a process group: undone after the module."""
+    with process_group_undone():
+        yield
 
 
 def _caption(rng: np.random.Generator) -> str:
