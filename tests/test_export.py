@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -108,3 +109,16 @@ def test_distillation_only_export_retrieves_with_trained_parameters_only(tmp_pat
     assert torch.allclose(images, distilled_images, atol=1e-6) and torch.allclose(texts, distilled_texts, atol=1e-6)
     owner = torch.arange(6)
     assert recall_at_k(images, texts, owner) == recall_at_k(distilled_images, distilled_texts, owner)
+
+
+def test_heads_that_cannot_fit_are_refused_naming_the_key() -> None:
+    from mmd2v2.config import ConfigError
+
+    base = ModelConfig(image=EncoderConfig(family="beit", config=TINY_VISION, num_blocks=1),
+                       text=EncoderConfig(family="bert", config=TINY_TEXT, num_blocks=1),
+                       shared=SharedConfig(depth=1, width=32, heads=2), embed_dim=32)
+    with pytest.raises(ConfigError, match="model.embed_dim: got 8, but without model.projection"):
+        MMD2V2(dataclasses.replace(base, projection=False, embed_dim=8))
+    with pytest.raises(ConfigError, match=r"model.distill_head: false distils .* the teacher's CLS has 12 dims"):
+        MMD2V2(dataclasses.replace(base, distill_head=False), teacher_dim=12)
+    assert isinstance(MMD2V2(dataclasses.replace(base, distill_head=False), teacher_dim=32).distill_head, torch.nn.Identity)

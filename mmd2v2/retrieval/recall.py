@@ -5,8 +5,8 @@ text→image: a caption is a hit at k if its image is among its top-k images, av
 Scores are exact inner products (cosine for L2-normalised vectors), computed in query blocks so that memory
 stays bounded (never an N×M similarity matrix).
 
-Ties: identical captions of different images (COCO has some; 529 of the demo test split's 2,500) score exactly
-alike, and a ranking must then order them somehow. The rule here: recall@k is the EXPECTED recall when tied
+Ties: identical captions of different images (COCO has some; 741 of the demo test split's 2,500 share their text
+with another image's caption) score exactly alike, and a ranking must then order them somehow. The rule here: recall@k is the EXPECTED recall when tied
 items are put in a uniformly random order, so it does not depend on how a search library happens to order
 them. For a query whose best correct item has score s, with `a` wrong items scoring above s, `m` wrong and `p`
 correct items scoring exactly s, the first correct item lands at rank a + X, where P(X >= x) =
