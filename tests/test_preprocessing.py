@@ -141,7 +141,9 @@ def test_fast_path_decodes_jpegs_at_reduced_scale_close_to_every_pixel(tmp_path:
 def test_image_batches_keep_order_and_skip_bad_files(tmp_path: Path) -> None:
     paths = [_photo(tmp_path / f"{i}.jpg", (40, 30), i) for i in range(5)]
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    paths.insert(2, tmp_path / "bad.jpg")
+    (tmp_path / "cut.jpg").write_bytes(paths[0].read_bytes()[:-200])  # truncated: opens, fails while decoding
+    paths[2:2] = [tmp_path / "bad.jpg"]
+    paths.append(tmp_path / "cut.jpg")
     preprocess = ImagePreprocessor(16, [0.5] * 3, [0.5] * 3)
     batches = list(image_batches(paths, preprocess, 4, 0))
     assert [positions for _, positions in batches] == [[0, 1, 3], [4, 5]]  # positions in `paths`
