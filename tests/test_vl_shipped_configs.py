@@ -99,10 +99,6 @@ def _model_overrides(cfg: VLConfig, stand_ins: StandIns) -> list[str]:
     return overrides
 
 
-def _image(root: Path, name: str, index: int) -> None:
-    write_image(root / name, index)
-
-
 def _vqa_split(root: Path, cfg: VLConfig, split: str, count: int) -> list[str]:
     subtype = f"{split}2014"
     pattern = cfg.task.image_pattern or "COCO_{subtype}_{image_id:012d}.jpg"
@@ -113,7 +109,7 @@ def _vqa_split(root: Path, cfg: VLConfig, split: str, count: int) -> list[str]:
         text, answers = asked[i % 3]
         questions.append({"image_id": i // 2, "question": text, "question_id": i})
         annotations.append(vqa_annotation(i, i // 2, [answers[i % 2]] * 10))
-        _image(root / "images", pattern.format(subtype=subtype, image_id=i // 2), i)
+        write_image(root / "images" / pattern.format(subtype=subtype, image_id=i // 2), i)
     (root / f"q_{split}.json").write_text(json.dumps({"data_subtype": subtype, "questions": questions}))
     (root / f"a_{split}.json").write_text(json.dumps({"data_subtype": subtype, "annotations": annotations}))
     return [f"task.{split}.records={root / f'q_{split}.json'}", f"task.{split}.annotations={root / f'a_{split}.json'}",
@@ -124,7 +120,7 @@ def _snli_ve_split(root: Path, cfg: VLConfig, split: str, images: int) -> list[s
     pattern = cfg.task.image_pattern or "{image_id}.jpg"
     records = []
     for i in range(images):
-        _image(root / split, pattern.format(image_id=f"{split}{i}"), i)
+        write_image(root / split / pattern.format(image_id=f"{split}{i}"), i)
         records += [snli_ve_record(f"{split}{i}", f"a {c} square", label, f"{split}{i}-{k}")
                     for k, (c, label) in enumerate(zip(("red", "green", "blue"), LABELS, strict=True))]
     path = write_jsonl(root / f"{split}.jsonl", records)
@@ -137,7 +133,8 @@ def _vcr_split(root: Path, cfg: VLConfig, split: str, count: int) -> list[str]:
     records = []
     for i in range(count):
         name = f"movie/{split}{i}.jpg"
-        _image(root / "images", cfg.task.image_pattern.format(image_id=name) if cfg.task.image_pattern else name, i)
+        file = cfg.task.image_pattern.format(image_id=name) if cfg.task.image_pattern else name
+        write_image(root / "images" / file, i)
         question = ["What", "is", [i % 2], "doing", "?"] if i % 2 else ["Where", "is", [0], "?"]
         records.append(vcr_record(f"{split}{i}", name, question, answers, rationales, i % 4, (i + 1) % 4))
     path = write_jsonl(root / f"{split}.jsonl", records)
