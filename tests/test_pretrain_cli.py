@@ -138,3 +138,17 @@ def test_bad_model_folders_are_refused_in_one_line(image_run: Path, image_folder
                           "data.demo_unpaired=false", f"data.images={tmp_path / 'none'}", *STEPS)
     assert no_folder.returncode == 2
     assert no_folder.stderr.strip() == f"error: config key 'data.images': '{tmp_path / 'none'}' is not a folder"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("pretrain_*.yaml")))
+def test_every_shipped_pretraining_config_starts(config: str, image_folder: Path, tmp_path: Path) -> None:
+    """Each configs/pretrain_*.yaml pretrains 2 steps at toy size on its modality's data and exports."""
+    modality = json.loads(_pretrain("--config", f"configs/{config}", "--dump-config").stdout)["model"]["modality"]
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(c for i in range(4) for c in generate_scene(0, "unpaired_captions", i).captions))
+    data = [f"data.images={image_folder}"] if modality == "image" else [f"data.texts={captions}"]
+    tiny = TINY_IMAGE if modality == "image" else TINY_TEXT
+    result = _pretrain("--config", f"configs/{config}", "--output-dir", str(tmp_path / "run"), "data.demo_unpaired=false",
+                       *data, *tiny, "trainer.max_steps=2", "trainer.micro_batch_size=4", "trainer.progress_bar=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

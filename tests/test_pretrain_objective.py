@@ -111,7 +111,7 @@ def test_teacher_targets_are_the_averaged_normalised_feed_forward_outputs() -> N
     normed = [(y - y.mean(1, keepdim=True)) / torch.sqrt(y.var(1, unbiased=False, keepdim=True) + 1e-5) for y in ffn[-2:]]
     assert torch.allclose(target, (normed[0] + normed[1]) / 2, atol=1e-4)
     raw = ((ffn[-2] + ffn[-1]) / 2).mean(1)
-    assert torch.allclose(cls_target, torch.nn.functional.layer_norm(raw, (32,)), atol=1e-4)
+    assert torch.allclose(cls_target, torch.nn.functional.layer_norm(raw - raw.mean(0), (32,)), atol=1e-4)
     with feed_forward_outputs(encoder) as outputs:
         encoder(pixel_values=pixels)
     assert len(outputs) == 3
@@ -137,3 +137,21 @@ def test_student_loss_is_the_regression_at_masked_patches_plus_cls() -> None:
     changed[0, :, row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] += 5
     torch.manual_seed(1)
     assert torch.allclose(student(changed, mask, targets, cls_target=cls)["cls"], first)
+
+
+def test_mlm_objective_is_cross_entropy_of_the_masked_tokens() -> None:
+    from transformers import Data2VecTextConfig, Data2VecTextModel
+
+    torch.manual_seed(0)
+    encoder = Data2VecTextModel(Data2VecTextConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=32, hidden_dropout_prob=0.0,
+                                                   attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+    student = Data2Vec2Student(encoder, "text", Data2Vec2Config(kind="mlm"))
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    mask = torch.tensor([[False, True, False, True, False]])
+    terms = student(ids, mask, ids, attention_mask=torch.ones_like(ids))
+    # by hand: zero the masked tokens' word embeddings, encode, score the masked positions
+    embeds = encoder.embeddings.word_embeddings(ids) * (~mask).unsqueeze(-1)
+    hidden = encoder(inputs_embeds=embeds, attention_mask=torch.ones_like(ids)).last_hidden_state
+    expected = torch.nn.functional.cross_entropy(student.lm_head(hidden[mask]), ids[mask])
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)

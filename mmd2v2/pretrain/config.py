@@ -32,8 +32,10 @@ class PretrainModelConfig:
 
 @dataclass
 class Data2Vec2Config:
-    """The data2vec 2.0 objective (fairseq's names): masked student, EMA teacher, averaged top-K targets, decoder."""
+    """The data2vec 2.0 objective (fairseq's names): masked student, EMA teacher, averaged top-K targets, decoder;
+    or, for text, plain masked-token prediction (`kind: mlm`: the same masks, a language-model head, no teacher)."""
 
+    kind: Literal["data2vec2", "mlm"] = "data2vec2"
     mask_prob: float = 0.8  # share of patches / tokens the student does not see
     mask_length: int = 3  # image: side of the visible blocks (inverse block masking); text: span length
     inverse_mask: bool = True  # image: sample the visible blocks, mask the rest
@@ -111,6 +113,8 @@ class PretrainConfig:
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
     """Load a pretraining YAML (defaults in code when `path` is None) and apply `key.sub=value` overrides."""
     config = load_typed_config(PretrainConfig, path, overrides)
+    if config.objective.kind == "mlm" and config.model.modality != "text":
+        raise ConfigError("config key 'objective.kind': mlm predicts tokens, it needs model.modality text")
     needed = "images" if config.model.modality == "image" else "texts"
     if getattr(config.data, needed) is None and not config.data.demo_unpaired:
         raise ConfigError(f"config key 'data.{needed}': must be set for model.modality {config.model.modality} "

@@ -5,8 +5,9 @@ each position is the average of the teacher's top K block outputs (each block's 
 residual sum, instance-normalised per channel over the positions). The student sees `clone_batch` differently masked
 copies of the sample (images: only the visible patches; text: masked tokens' embeddings zeroed), a light
 convolutional decoder fills in every position, and the loss is the squared error at the masked positions, summed
-over channels and scaled by 1/sqrt(width). Images also regress the student's CLS towards a whole-image target (the layer-normalised mean over patches of the
-un-normalised top-K average: the instance-normalised targets themselves average to zero over the patches).
+over channels and scaled by 1/sqrt(width). Images also regress the student's CLS towards a whole-image target: the un-normalised top-K average's mean over the
+patches, centred over the batch and layer-normalised (the instance-normalised targets themselves average to zero over
+the patches, and without centring the mean is nearly the same vector for every image).
 """
 
 from __future__ import annotations
@@ -104,13 +105,18 @@ class ConvDecoder(nn.Module):
 
 
 class Data2Vec2Student(nn.Module):
-    """What the optimizer trains: the encoder and its decoder; forward returns the loss terms of one batch."""
+    """What the optimizer trains: the encoder and its decoder (or, for `kind: mlm`, a language-model head); forward
+    returns the loss terms of one batch."""
 
     def __init__(self, encoder: nn.Module, modality: str, cfg: Data2Vec2Config) -> None:
         super().__init__()
         self.encoder, self.modality, self.cfg = encoder, modality, cfg
         self.width = int(encoder.config.hidden_size)
-        self.decoder = ConvDecoder(self.width, cfg, 2 if modality == "image" else 1)
+        if cfg.kind == "mlm":  # RoBERTa's head: dense, GELU, LayerNorm, vocabulary logits
+            self.lm_head = nn.Sequential(nn.Linear(self.width, self.width), nn.GELU(), nn.LayerNorm(self.width),
+                                         nn.Linear(self.width, int(encoder.config.vocab_size)))
+        else:
+            self.decoder = ConvDecoder(self.width, cfg, 2 if modality == "image" else 1)
 
     def forward(self, inputs: Tensor, mask: Tensor, targets: Tensor, attention_mask: Tensor | None = None,
                 cls_target: Tensor | None = None) -> dict[str, Tensor]:
@@ -123,6 +129,9 @@ class Data2Vec2Student(nn.Module):
         else:
             embeds = self.encoder.embeddings.word_embeddings(inputs) * (~mask).unsqueeze(-1).to(self.encoder.dtype)
             encoded = self.encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+            if self.cfg.kind == "mlm":  # the masked tokens' ids are the targets
+                loss = F.cross_entropy(self.lm_head(encoded[mask]).float(), inputs[mask])
+                return {"mlm": loss, "loss": loss}
             decoder_in, grid = encoded, (inputs.shape[1],)
         predictions = self.decoder(decoder_in, grid)
         terms = {"regression": regression_loss(predictions[mask], targets[mask]).mean()}
@@ -171,9 +180,9 @@ class EMATeacher(nn.Module):
         if self.modality == "image":
             patches = [y[:, 1:] for y in outputs]
             target = average_top_k(patches, k, self.cfg.instance_norm_target_layer)
-            # instance-normalised targets average to zero over the patches, so the CLS target is the layer-normalised
-            # mean of the raw top-K average instead
+            # instance-normalised targets average to zero over the patches, so the CLS target is the raw top-K average's
+            # mean over the patches, centred over the batch (what all images share says nothing of one) and layer-normalised
             raw_mean = average_top_k(patches, k, normalise=False).mean(1)
-            return target, F.layer_norm(raw_mean, raw_mean.shape[-1:])
+            return target, F.layer_norm(raw_mean - raw_mean.mean(0, keepdim=True), raw_mean.shape[-1:])
         valid = attention_mask.bool() if attention_mask is not None else None
         return average_top_k(outputs, k, self.cfg.instance_norm_target_layer, valid), None

@@ -183,7 +183,7 @@ def student_batch(config: PretrainConfig, batch: Any, teacher: EMATeacher, prepr
                   "targets": targets.repeat_interleave(clone, 0), "cls_target": cls_target.repeat_interleave(clone, 0)}
         return inputs, len(pixels), failed
     ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    targets, _ = teacher.targets(ids, attention)
+    targets = ids if objective.kind == "mlm" else teacher.targets(ids, attention)[0]
     maskable = batch["maskable"].repeat_interleave(clone, 0)
     mask = span_mask(maskable, objective.mask_prob, objective.mask_length, rng).to(device)
     inputs = {"inputs": ids.repeat_interleave(clone, 0), "mask": mask, "targets": targets.repeat_interleave(clone, 0),
@@ -251,7 +251,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
         what = f"{len(data)} image files" if data.images is not None else \
             f"{len(data)} captions ({data.corpus.dropped} lines dropped: empty or not UTF-8)"  # type: ignore[union-attr]
         print(f"pretraining a {config.model.modality} encoder ({sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M "
-              f"parameters) with data2vec 2.0 on {what}" + (f"; resuming from {tag}" if tag else ""))
+              f"parameters) with {'data2vec 2.0' if config.objective.kind == 'data2vec2' else 'masked-token prediction'} on {what}" + (f"; resuming from {tag}" if tag else ""))
 
     writer = SummaryWriter(str(output_dir / "tb")) if rank == 0 else None
     window, started = MetricWindow(), time.perf_counter()
@@ -270,7 +270,8 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
         engine.step()
         step = engine.global_steps
         decay = ema_decay_at(step, config.objective)
-        ema_update(teacher.model, engine.module.encoder, decay)
+        if config.objective.kind == "data2vec2":
+            ema_update(teacher.model, engine.module.encoder, decay)
         window.add(terms)
         bar.update(1)
         if step % config.trainer.log_every == 0 or step == total:
