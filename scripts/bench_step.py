@@ -32,7 +32,7 @@ from mmd2v2.data.preprocessing import resolve_image_preprocessing  # noqa: E402
 from mmd2v2.losses.objective import MMD2V2Objective  # noqa: E402
 from mmd2v2.models.mmd2v2 import MMD2V2  # noqa: E402
 from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
-from mmd2v2.train.loop import prepare_tokenizer  # noqa: E402
+from mmd2v2.data.tokenization import prepare_tokenizer  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

@@ -17,7 +17,8 @@ from mmd2v2.config import Config, DataConfig, EncoderConfig, ModelConfig, load_c
 from mmd2v2.data.pairs import PairCollator, PairSample
 from mmd2v2.data.preprocessing import DEFAULTS, ImagePreprocessor, image_batches, loader_workers, resolve_image_preprocessing
 from mmd2v2.data.tokenization import build_word_tokenizer
-from mmd2v2.train.loop import _to_device, prepare_tokenizer
+from mmd2v2.data.tokenization import prepare_tokenizer
+from mmd2v2.train.loop import _to_device
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from mmd2v2.config import Config
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
@@ -53,3 +56,20 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load tokenizer '{name_or_path}': {str(error).splitlines()[0]}") from None
+
+
+def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTokenizerBase, Config]:
+    """The run's tokenizer; a word-level one over the training captions when no tokenizer is given.
+
+    A randomly initialised text encoder is sized to the tokenizer (vocab_size, pad_token_id).
+    """
+    source = config.data.tokenizer or config.model.text.pretrained
+    if not source and not captions:
+        raise ValueError("data.tokenizer (or model.text.pretrained) must be set: webdataset shards give no caption "
+                         "list to build a word vocabulary from")
+    tokenizer = load_tokenizer(source) if source else build_word_tokenizer([w for c in captions for w in c.lower().split()])
+    if config.model.text.pretrained is None:
+        text_cfg = dict(config.model.text.config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        text = dataclasses.replace(config.model.text, config=text_cfg)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
+    return tokenizer, config

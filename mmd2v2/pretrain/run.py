@@ -25,7 +25,7 @@ from mmd2v2.data.demo_scenes import write_demo_unpaired
 from mmd2v2.data.pairs import ResumableBatchSampler
 from mmd2v2.data.preprocessing import ImageFiles, ImagePreprocessor, collate_images
 from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
-from mmd2v2.files import replace_folder, write_text_atomic
+from mmd2v2.files import replace_folder
 from mmd2v2.models.unimodal import load_hf_config, load_hf_model
 from mmd2v2.pretrain.config import PretrainConfig
 from mmd2v2.pretrain.data import CaptionCorpus, image_files, read_captions
@@ -218,7 +218,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
     output_dir = Path(output_dir)
     config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, output_dir=str(output_dir)))
     ensure_distributed_env()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     if check_run_folder(config, output_dir, resume):
         if rank == 0:
             print(f"already pretrained with this config: {output_dir / MODEL_DIR} (delete it to pretrain again)")

@@ -23,7 +23,7 @@ from mmd2v2.data.demo_scenes import write_demo_dataset
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator
 from mmd2v2.data.sources import TrainingData, configured_sources, load_training_data, training_loader
 from mmd2v2.data.preprocessing import ImagePreprocessor, loader_workers, resolve_image_preprocessing
-from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
+from mmd2v2.data.tokenization import prepare_tokenizer
 from mmd2v2.files import write_text_atomic
 from mmd2v2.losses.objective import MMD2V2Objective
 from mmd2v2.models.mmd2v2 import MMD2V2
@@ -74,23 +74,6 @@ def prepare_data(config: Config) -> tuple[list[SourceConfig], Path, Path | None]
     if image_root is not None and not image_root.is_dir():
         raise FileNotFoundError(f"evaluation image root: '{image_root}' is not a folder")
     return configured_sources(config.data), json_path, image_root
-
-
-def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTokenizerBase, Config]:
-    """The run's tokenizer; a word-level one over the training captions when no tokenizer is given.
-
-    A randomly initialised text encoder is sized to the tokenizer (vocab_size, pad_token_id).
-    """
-    source = config.data.tokenizer or config.model.text.pretrained
-    if not source and not captions:
-        raise ValueError("data.tokenizer (or model.text.pretrained) must be set: webdataset shards give no caption "
-                         "list to build a word vocabulary from")
-    tokenizer = load_tokenizer(source) if source else build_word_tokenizer([w for c in captions for w in c.lower().split()])
-    if config.model.text.pretrained is None:
-        text_cfg = dict(config.model.text.config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        text = dataclasses.replace(config.model.text, config=text_cfg)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, text=text))
-    return tokenizer, config
 
 
 def _to_device(batch: dict[str, Tensor], device: torch.device, dtype: torch.dtype,

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.config import Config, DataConfig
 from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
-from mmd2v2.data.tokenization import extend_word_tokenizer, unknown_words
+from mmd2v2.data.tokenization import extend_word_tokenizer, prepare_tokenizer, unknown_words
 from mmd2v2.models.mmd2v2 import MMD2V2
 from mmd2v2.models.pretrained import load_pretrained
 from mmd2v2.vl.config import StudentConfig
@@ -105,7 +105,6 @@ def build_backbone(cfg: StudentConfig, texts: list[str]) -> StudentParts:
             tokenizer = extend_word_tokenizer(tokenizer, new_words)
             bundle.model.text_encoder.resize_vocabulary(len(tokenizer))
         return StudentParts(bundle.model.train(), tokenizer, bundle.preprocess, bundle.config)
-    from mmd2v2.train.loop import prepare_tokenizer  # the same tokenizer rules as mmd2v2 training
 
     config = Config(model=cfg.model, data=DataConfig(tokenizer=cfg.tokenizer, image_size=cfg.image_size))
     tokenizer, config = prepare_tokenizer(config, texts)

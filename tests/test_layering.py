@@ -1,0 +1,25 @@
+"""The dependency rule of docs/design.md: programs do not import each other, the VL path needs no DeepSpeed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _loaded(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("mmd2v2.vl.train", ("deepspeed", "mmd2v2.train", "mmd2v2.pretrain")),
+    ("mmd2v2.pretrain.run", ("mmd2v2.train", "mmd2v2.vl")),
+    ("mmd2v2.models.pretrained", ("deepspeed", "mmd2v2.train", "mmd2v2.pretrain", "mmd2v2.vl")),
+])
+def test_programs_and_the_library_import_only_downwards(module: str, forbidden: tuple[str, ...]) -> None:
+    loaded = _loaded(module)
+    assert not [m for m in loaded if m.split(".")[0] in forbidden or any(m == f or m.startswith(f + ".") for f in forbidden)]
