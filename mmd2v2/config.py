@@ -78,6 +78,7 @@ class ModelConfig:
     distill_head: bool = True  # LayerNorm + linear head (training only) whose output is distilled; false: the CLS is
     modality_embeddings: bool = True  # learnable per-modality embedding added before the shared blocks
     modality_layer_scale_init: float = 1e-5
+    center_tokens: bool = False  # subtract each input's mean token from the encoder output before the shared blocks
 
 
 @dataclass

@@ -201,3 +201,13 @@ def test_activation_checkpointing_recomputes_the_same_gradients() -> None:
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert recomputed.image_encoder.model.is_gradient_checkpointing and recomputed.shared.checkpointing
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_centred_tokens_subtract_the_mean_of_real_tokens_only() -> None:
+    from mmd2v2.models.mmd2v2 import centred
+
+    tokens = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [100.0, 100.0]]])
+    padding = torch.tensor([[False, False, True]])
+    out = centred(tokens, padding)
+    assert torch.allclose(out[0, :2], torch.tensor([[-1.0, -2.0], [1.0, 2.0]]))  # mean of the two real tokens: (2, 4)
+    assert torch.allclose(centred(tokens, None).mean(1), torch.zeros(1, 2), atol=1e-5)

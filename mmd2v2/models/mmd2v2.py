@@ -20,6 +20,16 @@ class ModalityOutput(NamedTuple):
     distill: Tensor | None  # (B, teacher_dim) regression-head output for distillation, if a teacher is set
 
 
+def centred(tokens: Tensor, key_padding: Tensor | None) -> Tensor:
+    """Tokens (B, T, W) minus each row's mean over its real tokens (padding, where `key_padding` is True, excluded).
+
+    Frozen encoders' outputs share a large component across tokens and inputs; carried in the shared blocks'
+    residual stream it makes every CLS nearly the same vector, and the shared blocks learn slowly (measured on the
+    pretrained demo, docs/benchmarks.md)."""
+    weight = torch.ones_like(tokens[..., :1]) if key_padding is None else (~key_padding).unsqueeze(-1).to(tokens.dtype)
+    return tokens - (tokens * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)
+
+
 class MMD2V2(nn.Module):
     """Dual encoder with a shared top: encode_images / encode_texts give L2-normalised embeddings."""
 
@@ -33,6 +43,7 @@ class MMD2V2(nn.Module):
         self.modality_embedding = nn.Parameter(torch.randn(2, width) * 0.02) if cfg.modality_embeddings else None
         self.modality_scale = LayerScale(width, cfg.modality_layer_scale_init) if cfg.modality_embeddings else None
         self.shared = SharedTransformer(cfg.shared)
+        self.center_tokens = cfg.center_tokens
         if not cfg.projection and cfg.embed_dim != width:
             raise ConfigError(f"model.embed_dim: got {cfg.embed_dim}, but without model.projection the embedding is the "
                               f"shared CLS of model.shared.width {width}")
@@ -53,6 +64,8 @@ class MMD2V2(nn.Module):
 
     def _shared_cls(self, tokens: Tensor, modality: int, key_padding: Tensor | None) -> Tensor:
         """Shared blocks over one modality's tokens; returns the CLS output (B, width)."""
+        if self.center_tokens:
+            tokens = centred(tokens, key_padding)
         return self.shared(self.add_modality(tokens, modality), key_padding)[:, 0]
 
     def _output(self, cls: Tensor, with_distill: bool) -> ModalityOutput:
