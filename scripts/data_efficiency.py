@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=422, help="optimizer steps of 128 pairs, every run (default 422)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "data_efficiency")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: tabulate the runs that have finished (rows without any are left out)")
     parser.add_argument("extra", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -111,6 +113,10 @@ def main() -> None:
         variant = VARIANTS[name]
         for size in args.sizes:
             seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if size in small else [0])
+            if args.finished_only:
+                seeds = [s for s in seeds if (args.out / name / f"n{size}_s{s}" / "metrics.json").is_file()]
+                if not seeds:
+                    continue
             runs = [run_one(variant, size, seed, args.steps, args.out, args.extra) for seed in seeds]
             values = [cell([m[d][k] for m in runs]) for d, k in RECALLS]
             minutes = statistics.mean(m["train_seconds"] for m in runs) / 60
