@@ -13,14 +13,19 @@ from mmd2v2.config import ConfigError, config_to_dict, load_config
 from mmd2v2.vl.cli import add_vl_arguments, run_vl
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `train.py` / `mmd2v2 train`."""
-    parser.add_argument("--config", type=Path, help="YAML config (defaults in code when omitted)")
-    parser.add_argument("--output-dir", type=Path, help="run folder (default: trainer.output_dir)")
+def add_run_arguments(parser: argparse.ArgumentParser, config_help: str, output_help: str) -> None:
+    """Arguments every training program takes: config, run folder, --resume, --dump-config, overrides."""
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--output-dir", type=Path, help=output_help)
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     parser.add_argument("--dump-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `train.py` / `mmd2v2 train`."""
+    add_run_arguments(parser, "YAML config (defaults in code when omitted)", "run folder (default: trainer.output_dir)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -40,13 +45,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mmd2v2 pretrain`."""
-    parser.add_argument("--config", type=Path, help="YAML pretraining config (defaults in code when omitted)")
-    parser.add_argument("--output-dir", type=Path, help="run folder; the encoder is exported to OUTPUT_DIR/model "
-                                                        "(default: trainer.output_dir)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
-    parser.add_argument("--dump-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    add_run_arguments(parser, "YAML pretraining config (defaults in code when omitted)",
+                      "run folder; the encoder is exported to OUTPUT_DIR/model (default: trainer.output_dir)")
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

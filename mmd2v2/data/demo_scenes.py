@@ -296,26 +296,7 @@ def write_demo_dataset(root: str | Path, num_train: int = 6000, num_val: int = 2
     if not _is_current(root, manifest, "dataset_demo.json"):
         counts = dict(zip(SPLITS, (num_train, num_val, num_test), strict=True))
         _publish(root, manifest, lambda folder: _write(folder, counts, image_size, seed))
-    json_path = root / "dataset_demo.json"
-    return json_path
-    if root.exists() and any(root.iterdir()) and not manifest_path.is_file():
-        raise ValueError(f"'{root}' is not empty and holds no demo set: refusing to replace it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the set is an ordinary folder
-    try:
-        _write(tmp, dict(zip(SPLITS, (num_train, num_val, num_test), strict=True)), image_size, seed)
-        (tmp / "demo_manifest.json").write_text(json.dumps(manifest))
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            root.rename(old / "set")
-            tmp.rename(root)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return json_path
+    return root / "dataset_demo.json"
 
 
 def main(argv: list[str] | None = None) -> None:
