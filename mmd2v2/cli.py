@@ -45,8 +45,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mmd2v2 pretrain`."""
-    add_run_arguments(parser, "YAML pretraining config (defaults in code when omitted)",
-                      "run folder; the encoder is exported to OUTPUT_DIR/model (default: trainer.output_dir)")
+    add_run_arguments(
+        parser,
+        "YAML pretraining config (defaults in code when omitted)",
+        "run folder; the encoder is exported to OUTPUT_DIR/model (default: trainer.output_dir)",
+    )
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
@@ -89,10 +92,17 @@ def run_cache(args: argparse.Namespace) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `eval/retrieval.py` / `mmd2v2 eval`."""
     parser.add_argument("--ckpt", type=Path, help="run folder (uses its export/) or exported folder")
-    parser.add_argument("--dataset", help="coco, flickr30k (Karpathy files under --data-root) or a Karpathy-style JSON "
-                                          "(default: the split the model was trained with)")
-    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("MMD2V2_DATA", "data")),
-                        help="folder holding coco/ and flickr30k/ (default: $MMD2V2_DATA or data)")
+    parser.add_argument(
+        "--dataset",
+        help="coco, flickr30k (Karpathy files under --data-root) or a Karpathy-style JSON "
+        "(default: the split the model was trained with)",
+    )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path(os.environ.get("MMD2V2_DATA", "data")),
+        help="folder holding coco/ and flickr30k/ (default: $MMD2V2_DATA or data)",
+    )
     parser.add_argument("--image-root", type=Path, help="image folder (default: beside the JSON, or the benchmark's)")
     parser.add_argument("--split", default="test", help="split of the caption JSON (default: test)")
     parser.add_argument("--json", type=Path, help="write the recalls to this JSON file")
@@ -141,14 +151,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _encode_for_eval(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     from mmd2v2.data.karpathy import load_karpathy_split
-    from mmd2v2.models.pretrained import load_pretrained
+    from mmd2v2.models.exported import load_export
     from mmd2v2.retrieval.benchmarks import benchmark_files
     from mmd2v2.retrieval.encode import encode_split
     from mmd2v2.retrieval.evaluate import resolve_dataset
     from mmd2v2.retrieval.index_store import checkpoint_id
 
     folder = _export_dir(args.ckpt)
-    bundle = load_pretrained(folder, args.device)
+    bundle = load_export(folder, args.device)
     if args.dataset:
         json_path, image_root = benchmark_files(args.dataset, args.data_root, args.image_root)
     else:
@@ -173,21 +183,36 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "build":
             action.add_argument("--ckpt", type=Path, required=True, help="run folder or exported model")
             action.add_argument("--out", type=Path, required=True, help="index folder to write")
-            action.add_argument("--index-type", default="auto",
-                                help="'auto' (exact below 100k vectors, HNSW or IVF-PQ above) or a FAISS factory string")
-            action.add_argument("--memory-budget-gb", type=float, default=4.0, help="for auto: memory the index may use")
+            action.add_argument(
+                "--index-type",
+                default="auto",
+                help="'auto' (exact below 100k vectors, HNSW or IVF-PQ above) or a FAISS factory string",
+            )
+            action.add_argument(
+                "--memory-budget-gb", type=float, default=4.0, help="for auto: memory the index may use"
+            )
             action.add_argument("--shard-size", type=int, default=10_000, help="items per resumable shard")
             action.add_argument("--overwrite", action="store_true", help="replace an existing --out")
         else:
             action.add_argument("index_dir", type=Path)
             action.add_argument("--ckpt", type=Path, help="model (default: the one that built the index)")
         action.add_argument("--images", type=Path, action="append", help="folder of images (repeatable)")
-        action.add_argument("--texts", type=Path, action="append", help=".txt (a caption per line) or .jsonl with 'text'")
-        action.add_argument("--dataset", action="append", help="coco, flickr30k or a Karpathy-style JSON: the images of "
-                                                               "--split, with their captions as metadata (repeatable)")
+        action.add_argument(
+            "--texts", type=Path, action="append", help=".txt (a caption per line) or .jsonl with 'text'"
+        )
+        action.add_argument(
+            "--dataset",
+            action="append",
+            help="coco, flickr30k or a Karpathy-style JSON: the images of "
+            "--split, with their captions as metadata (repeatable)",
+        )
         action.add_argument("--split", default="test", help="split of --dataset (default: test)")
-        action.add_argument("--data-root", type=Path, default=Path(os.environ.get("MMD2V2_DATA", "data")),
-                            help="folder holding coco/ and flickr30k/ (default: $MMD2V2_DATA or data)")
+        action.add_argument(
+            "--data-root",
+            type=Path,
+            default=Path(os.environ.get("MMD2V2_DATA", "data")),
+            help="folder holding coco/ and flickr30k/ (default: $MMD2V2_DATA or data)",
+        )
         action.add_argument("--image-root", type=Path, help="image folder of --dataset (default: beside the JSON)")
         action.add_argument("--batch-size", type=int, default=128)
         action.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -203,24 +228,27 @@ def run_index(args: argparse.Namespace) -> int:
         opened = IndexFolder(args.index_dir)
         print(json.dumps({**vars(opened.manifest), "ntotal": opened.index.ntotal}, indent=2))
         return 0
-    from mmd2v2.models.pretrained import load_pretrained
+    from mmd2v2.models.exported import load_export
+    from mmd2v2.retrieval.benchmarks import benchmark_files
     from mmd2v2.retrieval.collection import read_collection
     from mmd2v2.retrieval.index_build import BuildOptions, add_to_index, build_index
 
-    from mmd2v2.retrieval.benchmarks import benchmark_files
-
     datasets = [benchmark_files(spec, args.data_root, args.image_root) for spec in args.dataset or []]
-    collection = read_collection(args.images, args.texts, [(json_path, args.split, root) for json_path, root in datasets])
+    collection = read_collection(
+        args.images, args.texts, [(json_path, args.split, root) for json_path, root in datasets]
+    )
     if args.action == "build":
         folder = _export_dir(args.ckpt)
         options = BuildOptions(args.index_type, args.memory_budget_gb, args.shard_size, args.batch_size, args.overwrite)
-        manifest = build_index(load_pretrained(folder, args.device), folder, collection, args.out, options)
+        manifest = build_index(load_export(folder, args.device), folder, collection, args.out, options)
         if manifest is not None:
-            print(f"index '{args.out}': {manifest.count} vectors ({manifest.dim}-d, {manifest.index_type}), "
-                  f"{manifest.skipped} items skipped, {manifest.build_seconds:.1f} s")
+            print(
+                f"index '{args.out}': {manifest.count} vectors ({manifest.dim}-d, {manifest.index_type}), "
+                f"{manifest.skipped} items skipped, {manifest.build_seconds:.1f} s"
+            )
         return 0
     folder = _export_dir(args.ckpt or Path(IndexFolder(args.index_dir).manifest.checkpoint))
-    manifest = add_to_index(load_pretrained(folder, args.device), folder, args.index_dir, collection, args.batch_size)
+    manifest = add_to_index(load_export(folder, args.device), folder, args.index_dir, collection, args.batch_size)
     print(f"index '{args.index_dir}': now {manifest.count} vectors, {manifest.skipped} items skipped in all")
     return 0
 
@@ -245,8 +273,11 @@ def run_search(args: argparse.Namespace) -> int:
     if not 1 <= args.k <= 1000:
         raise ValueError(f"-k: got {args.k}, expected 1..1000")
     searcher = Searcher(args.index_dir, args.ckpt, args.device)
-    hits = (searcher.by_text(args.text, args.k, args.kind) if args.text is not None
-            else searcher.by_image(open_image(args.image), args.k, args.kind))
+    hits = (
+        searcher.by_text(args.text, args.k, args.kind)
+        if args.text is not None
+        else searcher.by_image(open_image(args.image), args.k, args.kind)
+    )
     print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False) if args.json else format_hits(hits))
     return 0
 
@@ -298,25 +329,45 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mmd2v2` console script."""
     parser = argparse.ArgumentParser(prog="mmd2v2", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    add_pretrain_arguments(commands.add_parser("pretrain", help="self-supervised (data2vec 2.0) pretraining of an image "
-                                                                "or text encoder on unpaired data"))
-    add_train_arguments(commands.add_parser("train", help="train a model (single process; use deepspeed train.py for many)"))
-    add_cache_arguments(commands.add_parser("cache", help="compute a run's feature cache (teacher targets, frozen "
-                                                          "encoder outputs); torchrun/deepspeed share the work"))
+    add_pretrain_arguments(
+        commands.add_parser(
+            "pretrain", help="self-supervised (data2vec 2.0) pretraining of an image or text encoder on unpaired data"
+        )
+    )
+    add_train_arguments(
+        commands.add_parser("train", help="train a model (single process; use deepspeed train.py for many)")
+    )
+    add_cache_arguments(
+        commands.add_parser(
+            "cache",
+            help="compute a run's feature cache (teacher targets, frozen "
+            "encoder outputs); torchrun/deepspeed share the work",
+        )
+    )
     add_eval_arguments(commands.add_parser("eval", help="retrieval recall@k of a checkpoint"))
     add_index_arguments(commands.add_parser("index", help="build, extend or describe a FAISS index of a collection"))
     add_search_arguments(commands.add_parser("search", help="search an index by text or image"))
     add_serve_arguments(commands.add_parser("serve", help="HTTP search API and web page over an index"))
-    demo = commands.add_parser("demo-data", help="write the procedural demo dataset (OUT_DIR [--num-train N ...])",
-                               add_help=False)
+    demo = commands.add_parser(
+        "demo-data", help="write the procedural demo dataset (OUT_DIR [--num-train N ...])", add_help=False
+    )
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     add_vl_arguments(commands.add_parser("vl", help="VL task finetuning with (adaptive) distillation (docs/vl.md)"))
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo-data"]:  # its own parser takes every argument, --help included
         return guarded(run_demo_data, argparse.Namespace(demo_args=argv[1:]))
     args = parser.parse_args(argv)
-    handlers = {"pretrain": run_pretrain, "train": run_train, "cache": run_cache, "eval": run_eval, "index": run_index, "search": run_search, "serve": run_serve,
-                "demo-data": run_demo_data, "vl": run_vl}
+    handlers = {
+        "pretrain": run_pretrain,
+        "train": run_train,
+        "cache": run_cache,
+        "eval": run_eval,
+        "index": run_index,
+        "search": run_search,
+        "serve": run_serve,
+        "demo-data": run_demo_data,
+        "vl": run_vl,
+    }
     return guarded(handlers[args.command], args)
 
 

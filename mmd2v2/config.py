@@ -140,8 +140,12 @@ class DataConfig:
     image_mean: list[float] | None = None  # None = the image encoder's own, else ImageNet's
     image_std: list[float] | None = None  # None = the image encoder's own, else ImageNet's
     max_text_length: int = 64
-    num_workers: int | Literal["auto"] = "auto"  # loader processes per rank; auto: none on a CPU, else the rank's cores - 1 (<= 16)
-    fast_decode: bool = True  # JPEGs decoded at reduced DCT scale, resized by torch; false: every pixel, PIL (old pixels)
+    num_workers: int | Literal["auto"] = (
+        "auto"  # loader processes per rank; auto: none on a CPU, else the rank's cores - 1 (<= 16)
+    )
+    fast_decode: bool = (
+        True  # JPEGs decoded at reduced DCT scale, resized by torch; false: every pixel, PIL (old pixels)
+    )
     random_crop_scale: list[float] | None = None  # training augmentation, e.g. [0.9, 1.0]: random resized crop
     hflip_prob: float = 0.0  # training augmentation: left-right flip (captions saying left/right would then lie)
 
@@ -149,7 +153,9 @@ class DataConfig:
         _check_sources(self.sources)
         crop = self.random_crop_scale
         if crop is not None and not (len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1):
-            raise ConfigError(f"config key 'data.random_crop_scale': got {crop}, expected [low, high] with 0 < low <= high <= 1")
+            raise ConfigError(
+                f"config key 'data.random_crop_scale': got {crop}, expected [low, high] with 0 < low <= high <= 1"
+            )
         if not 0 <= self.hflip_prob <= 1:
             raise ConfigError(f"config key 'data.hflip_prob': got {self.hflip_prob}, expected a probability in [0, 1]")
 
@@ -208,7 +214,9 @@ class TrainerConfig:
     progress_bar: bool = True
     init_from: str | None = None  # exported model (folder) whose weights start the student: finetuning
     compile: bool = False  # torch.compile the encoders and the shared transformer
-    activation_checkpointing: bool = False  # recompute trainable blocks' activations in backward: less memory, ~30% more compute
+    activation_checkpointing: bool = (
+        False  # recompute trainable blocks' activations in backward: less memory, ~30% more compute
+    )
 
 
 @dataclass
@@ -227,7 +235,9 @@ class EvalConfig:
     """Retrieval evaluation after training."""
 
     split: str = "test"
-    karpathy_json: str | None = None  # split file to evaluate on; None = data.karpathy_json, a karpathy source, or the demo
+    karpathy_json: str | None = (
+        None  # split file to evaluate on; None = data.karpathy_json, a karpathy source, or the demo
+    )
     image_root: str | None = None  # defaults to the JSON's folder
     batch_size: int = 128
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])

@@ -61,41 +61,61 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--types", nargs="*", default=["Flat", "HNSW32,Flat", "auto-ivfpq"],
-                        help="FAISS factory strings; auto-ivfpq = what --index-type auto picks under a tight memory budget")
+    parser.add_argument(
+        "--types",
+        nargs="*",
+        default=["Flat", "HNSW32,Flat", "auto-ivfpq"],
+        help="FAISS factory strings; auto-ivfpq = what --index-type auto picks under a tight memory budget",
+    )
     args = parser.parse_args(argv)
     data = clustered(args.count, args.dim, args.clusters, seed=0)
     queries = clustered(args.queries, args.dim, args.clusters, seed=0)[: args.queries]  # same centres, new points
     queries = queries + 0.05 * np.random.default_rng(1).normal(size=queries.shape).astype(np.float32)
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {args.count:,} x {args.dim} vectors, "
-          f"{args.queries} queries (one batch), k=10")
+    print(
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {args.count:,} x {args.dim} vectors, "
+        f"{args.queries} queries (one batch), k=10"
+    )
     exact_ids = None
     rows = [{"kind": "text", "text": f"item {i}", "id": i} for i in range(args.count)]
     header = f"{'index':<16} {'build s':>8} {'MB':>8} {'raw q/s':>9} {'ours q/s':>9} {'overhead':>9} {'recall@10':>10}"
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.types:
-            index_type = choose_index_type(args.count, args.dim, 0.35 * args.count * args.dim * 4) if spec == "auto-ivfpq" else spec
-            build_s, index = timed(lambda: build_faiss_index(data, index_type), repeats=1)
+            index_type = (
+                choose_index_type(args.count, args.dim, 0.35 * args.count * args.dim * 4)
+                if spec == "auto-ivfpq"
+                else spec
+            )
+            build_s, index = timed(lambda index_type=index_type: build_faiss_index(data, index_type), repeats=1)
             params = default_search_params(index_type)
             folder = Path(tmp) / index_type.replace(",", "_")
-            manifest = IndexManifest(checkpoint="synthetic", checkpoint_id="synthetic", dim=args.dim, count=args.count,
-                                     index_type=index_type, search_params=params)
+            manifest = IndexManifest(
+                checkpoint="synthetic",
+                checkpoint_id="synthetic",
+                dim=args.dim,
+                count=args.count,
+                index_type=index_type,
+                search_params=params,
+            )
             write_index_folder(folder, index, rows, manifest)
             megabytes = (folder / "index.faiss").stat().st_size / 2**20
             opened = IndexFolder(folder)  # applies the same search parameters to its own copy
             raw = faiss.read_index(str(folder / "index.faiss"))
             apply_search_params(raw, params)
-            raw_s, (_, found) = timed(lambda: raw.search(queries, 10))  # type: ignore[misc]
-            ours_s, results = timed(lambda: opened.search(queries, 10))
+            raw_s, (_, found) = timed(lambda raw=raw: raw.search(queries, 10))  # type: ignore[misc]
+            ours_s, results = timed(lambda opened=opened: opened.search(queries, 10))
             assert np.array_equal(results.ids, found), "our search path must return exactly FAISS's results"  # type: ignore[union-attr]
             assert results[0][0].row["id"] == found[0][0]  # type: ignore[index]
             if exact_ids is None:
-                exact_ids = found if index_type == "Flat" else faiss.knn(queries, data, 10, faiss.METRIC_INNER_PRODUCT)[1]
+                exact_ids = (
+                    found if index_type == "Flat" else faiss.knn(queries, data, 10, faiss.METRIC_INNER_PRODUCT)[1]
+                )
             recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact_ids)])
             overhead = 100 * (ours_s - raw_s) / raw_s
-            lines.append(f"{index_type + (' ' + str(params) if params else ''):<16} {build_s:>8.1f} {megabytes:>8.0f} "
-                         f"{args.queries / raw_s:>9.0f} {args.queries / ours_s:>9.0f} {overhead:>8.1f}% {recall:>10.3f}")
+            lines.append(
+                f"{index_type + (' ' + str(params) if params else ''):<16} {build_s:>8.1f} {megabytes:>8.0f} "
+                f"{args.queries / raw_s:>9.0f} {args.queries / ours_s:>9.0f} {overhead:>8.1f}% {recall:>10.3f}"
+            )
             print(lines[-1] if len(lines) > 1 else header + "\n" + lines[-1], flush=True)
             del index, raw, opened
 

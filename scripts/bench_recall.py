@@ -21,17 +21,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mmd2v2.retrieval.recall import recall_at_k  # noqa: E402
 
 
-def dense_baseline(images: np.ndarray, texts: np.ndarray, owner: np.ndarray, ks: list[int]) -> dict[str, dict[str, float]]:
+def dense_baseline(
+    images: np.ndarray, texts: np.ndarray, owner: np.ndarray, ks: list[int]
+) -> dict[str, dict[str, float]]:
     """Recall@k from the full score matrix and argsort (memory N x M)."""
     scores = images @ texts.T
     text_order = np.argsort(-scores, axis=1)[:, : max(ks)]
-    i2t = np.where((owner[text_order] == np.arange(len(images))[:, None]).any(axis=1),
-                   (owner[text_order] == np.arange(len(images))[:, None]).argmax(axis=1), max(ks))
+    i2t = np.where(
+        (owner[text_order] == np.arange(len(images))[:, None]).any(axis=1),
+        (owner[text_order] == np.arange(len(images))[:, None]).argmax(axis=1),
+        max(ks),
+    )
     image_order = np.argsort(-scores.T, axis=1)[:, : max(ks)]
     hits = image_order == owner[:, None]
     t2i = np.where(hits.any(axis=1), hits.argmax(axis=1), max(ks))
-    return {"image_to_text": {f"R@{k}": 100 * float(np.mean(i2t < k)) for k in ks},
-            "text_to_image": {f"R@{k}": 100 * float(np.mean(t2i < k)) for k in ks}}
+    return {
+        "image_to_text": {f"R@{k}": 100 * float(np.mean(i2t < k)) for k in ks},
+        "text_to_image": {f"R@{k}": 100 * float(np.mean(t2i < k)) for k in ks},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,8 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     texts /= np.linalg.norm(texts, axis=1, keepdims=True)
     ks = [1, 5, 10]
     timings, results = {}, {}
-    for name, fn in (("recall_at_k (blocked, ties)", lambda: recall_at_k(images, texts, owner, ks)),
-                     ("dense matrix + argsort", lambda: dense_baseline(images, texts, owner, ks))):
+    for name, fn in (
+        ("recall_at_k (blocked, ties)", lambda: recall_at_k(images, texts, owner, ks)),
+        ("dense matrix + argsort", lambda: dense_baseline(images, texts, owner, ks)),
+    ):
         best = float("inf")
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -65,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.images} images x {len(owner)} captions, dim {args.dim}, best of {args.repeats}")
     print(f"{'method':<30} {'seconds':>8} {'I→T R@5':>8} {'T→I R@5':>8}")
     for name, seconds in timings.items():
-        print(f"{name:<30} {seconds:>8.2f} {results[name]['image_to_text']['R@5']:>8.2f} {results[name]['text_to_image']['R@5']:>8.2f}")
+        print(
+            f"{name:<30} {seconds:>8.2f} {results[name]['image_to_text']['R@5']:>8.2f} {results[name]['text_to_image']['R@5']:>8.2f}"
+        )
 
 
 if __name__ == "__main__":

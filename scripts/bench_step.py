@@ -29,10 +29,10 @@ from mmd2v2.data.demo_scenes import write_demo_dataset  # noqa: E402
 from mmd2v2.data.karpathy import load_karpathy_split  # noqa: E402
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator  # noqa: E402
 from mmd2v2.data.preprocessing import resolve_image_preprocessing  # noqa: E402
-from mmd2v2.losses.objective import MMD2V2Objective  # noqa: E402
-from mmd2v2.models.mmd2v2 import MMD2V2  # noqa: E402
-from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
 from mmd2v2.data.tokenization import prepare_tokenizer  # noqa: E402
+from mmd2v2.losses.objective import MMD2V2Objective  # noqa: E402
+from mmd2v2.models.dual_encoder import DualEncoder  # noqa: E402
+from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -65,7 +65,7 @@ def measure(config: Config, data_dir: Path, repeats: int) -> dict[str, float]:
     batch = load()
     torch.manual_seed(config.trainer.seed)
     teacher = ImageTeacher(config.teacher) if config.teacher.enabled and config.loss.kd_weight > 0 else None
-    student = MMD2V2(config.model, teacher_dim=teacher.dim if teacher else None).train()
+    student = DualEncoder(config.model, teacher_dim=teacher.dim if teacher else None).train()
     objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher.dim if teacher else None)
     optimizer = torch.optim.AdamW([*student.parameters(), *objective.parameters()], lr=config.optim.lr)
 
@@ -107,8 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the measured config")
-    parser.add_argument("--baseline", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides (on top of --config) that make the baseline")
+    parser.add_argument(
+        "--baseline",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides (on top of --config) that make the baseline",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_grad_enabled(True)
@@ -120,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
             load_ms = results[name]["load batch"]  # the loader runs in the training process (num_workers=0)
             steps = full_run_steps(config)
             results[name]["full run, est. (s)"] = steps * (results[name]["whole step (no load)"] + load_ms) / 1000
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, micro-batch "
-          f"{configs['config'].trainer.micro_batch_size}, median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, micro-batch "
+        f"{configs['config'].trainer.micro_batch_size}, median of {args.repeats}"
+    )
     print(f"config:   {args.config} {' '.join(args.set)}")
     print(f"baseline: {args.config} {' '.join(args.baseline)}")
     print(f"{'':24} {'config':>10} {'baseline':>10} {'speed-up':>9}")

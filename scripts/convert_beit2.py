@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}: BEiT {config['num_hidden_layers']} blocks, width {config['hidden_size']}, "
-          f"{config['num_attention_heads']} heads, patch {config['patch_size']}, image {config['image_size']}")
+    print(
+        f"wrote {args.out}: BEiT {config['num_hidden_layers']} blocks, width {config['hidden_size']}, "
+        f"{config['num_attention_heads']} heads, patch {config['patch_size']}, image {config['image_size']}"
+    )
     return 0
 
 

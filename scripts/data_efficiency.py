@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRETRAINED = {"image": "data/pretrained/demo_image", "text": "data/pretrained/demo_text",
-              "teacher": "data/pretrained/demo_teacher"}
+PRETRAINED = {
+    "image": "data/pretrained/demo_image",
+    "text": "data/pretrained/demo_text",
+    "teacher": "data/pretrained/demo_teacher",
+}
 UNFROZEN_TOP = ["model.image.unfreeze_top=1", "model.text.unfreeze_top=1", "cache.encoders=false"]
 
 
@@ -38,17 +41,39 @@ class Variant:
     overrides: tuple[str, ...]
 
 
-VARIANTS = {v.name: v for v in (
-    Variant("random", "random init (configs/demo.yaml)", "configs/demo.yaml", ()),
-    Variant("frozen", "pretrained, frozen + shared block", "configs/demo_pretrained.yaml", ("loss.kd_weight=0",)),
-    Variant("top1", "pretrained, top block unfrozen", "configs/demo_pretrained.yaml", (*UNFROZEN_TOP, "loss.kd_weight=0")),
-    Variant("top1_mse", "top block unfrozen + MSE distillation", "configs/demo_pretrained.yaml",
-            (*UNFROZEN_TOP, "loss.kd_kind=mse", "loss.kd_weight=0.2")),
-    Variant("top1_ckd", "top block unfrozen + contrastive distillation", "configs/demo_pretrained.yaml",
-            (*UNFROZEN_TOP, "loss.kd_kind=contrastive", "loss.kd_weight=0.2", "loss.kd_bank_size=4096")),
-)}
-RECALLS = [("image_to_text", "R@1"), ("image_to_text", "R@5"), ("image_to_text", "R@10"),
-           ("text_to_image", "R@1"), ("text_to_image", "R@5"), ("text_to_image", "R@10")]
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("random", "random init (configs/demo.yaml)", "configs/demo.yaml", ()),
+        Variant("frozen", "pretrained, frozen + shared block", "configs/demo_pretrained.yaml", ("loss.kd_weight=0",)),
+        Variant(
+            "top1",
+            "pretrained, top block unfrozen",
+            "configs/demo_pretrained.yaml",
+            (*UNFROZEN_TOP, "loss.kd_weight=0"),
+        ),
+        Variant(
+            "top1_mse",
+            "top block unfrozen + MSE distillation",
+            "configs/demo_pretrained.yaml",
+            (*UNFROZEN_TOP, "loss.kd_kind=mse", "loss.kd_weight=0.2"),
+        ),
+        Variant(
+            "top1_ckd",
+            "top block unfrozen + contrastive distillation",
+            "configs/demo_pretrained.yaml",
+            (*UNFROZEN_TOP, "loss.kd_kind=contrastive", "loss.kd_weight=0.2", "loss.kd_bank_size=4096"),
+        ),
+    )
+}
+RECALLS = [
+    ("image_to_text", "R@1"),
+    ("image_to_text", "R@5"),
+    ("image_to_text", "R@10"),
+    ("text_to_image", "R@1"),
+    ("text_to_image", "R@5"),
+    ("text_to_image", "R@10"),
+]
 
 
 def run_one(variant: Variant, size: int, seed: int, steps: int, out: Path, extra: list[str]) -> dict[str, float]:
@@ -56,15 +81,29 @@ def run_one(variant: Variant, size: int, seed: int, steps: int, out: Path, extra
     folder = out / variant.name / f"n{size}_s{seed}"
     metrics = folder / "metrics.json"
     if not metrics.is_file():
-        command = [sys.executable, "train.py", "--config", variant.config, "--output-dir", str(folder),
-                   f"data.demo_num_train={size}", f"data.demo_dir=data/demo_n{size}", f"trainer.seed={seed}",
-                   f"trainer.max_steps={steps}", "trainer.progress_bar=false", *variant.overrides, *extra]
+        command = [
+            sys.executable,
+            "train.py",
+            "--config",
+            variant.config,
+            "--output-dir",
+            str(folder),
+            f"data.demo_num_train={size}",
+            f"data.demo_dir=data/demo_n{size}",
+            f"trainer.seed={seed}",
+            f"trainer.max_steps={steps}",
+            "trainer.progress_bar=false",
+            *variant.overrides,
+            *extra,
+        ]
         print(f"[{variant.name} n={size} seed={seed}] {' '.join(command[1:])}", flush=True)
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         (out / variant.name).mkdir(parents=True, exist_ok=True)
         (out / variant.name / f"n{size}_s{seed}.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
-            raise SystemExit(f"run failed ({variant.name}, n={size}, seed={seed}): {result.stderr.strip().splitlines()[-1]}")
+            raise SystemExit(
+                f"run failed ({variant.name}, n={size}, seed={seed}): {result.stderr.strip().splitlines()[-1]}"
+            )
     return json.loads(metrics.read_text())
 
 
@@ -96,19 +135,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1000, 3000, 6000], help="paired training images")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="training seeds of every size (default: 0 1 2 at the two smallest sizes, 0 above)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training seeds of every size (default: 0 1 2 at the two smallest sizes, 0 above)",
+    )
     parser.add_argument("--steps", type=int, default=422, help="optimizer steps of 128 pairs, every run (default 422)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "data_efficiency")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
-    parser.add_argument("--finished-only", action="store_true",
-                        help="train nothing: tabulate the runs that have finished (rows without any are left out)")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: tabulate the runs that have finished (rows without any are left out)",
+    )
     parser.add_argument("extra", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     small = sorted(args.sizes)[:2]
-    lines = ["| variant | paired images | seeds | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | mean recall "
-             "| train min/run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | paired images | seeds | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | mean recall "
+        "| train min/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in args.variants:
         variant = VARIANTS[name]
         for size in args.sizes:
@@ -120,8 +170,10 @@ def main() -> None:
             runs = [run_one(variant, size, seed, args.steps, args.out, args.extra) for seed in seeds]
             values = [cell([m[d][k] for m in runs]) for d, k in RECALLS]
             minutes = statistics.mean(m["train_seconds"] for m in runs) / 60
-            lines.append(f"| {variant.label} | {size} | {len(seeds)} | {' | '.join(values)} | "
-                         f"{cell([mean_recall(m) for m in runs])} | {minutes:.1f} |")
+            lines.append(
+                f"| {variant.label} | {size} | {len(seeds)} | {' | '.join(values)} | "
+                f"{cell([mean_recall(m) for m in runs])} | {minutes:.1f} |"
+            )
             print(lines[-1], flush=True)
     table = "\n".join([*lines, "", pretraining_note()])
     print("\n" + table)

@@ -28,8 +28,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-QUERIES = ["small red circle at top left", "large blue square", "two green crosses", "a purple triangle left of a yellow circle",
-           "three objects", "large cyan cross at bottom right and small red square"]
+QUERIES = [
+    "small red circle at top left",
+    "large blue square",
+    "two green crosses",
+    "a purple triangle left of a yellow circle",
+    "three objects",
+    "large cyan cross at bottom right and small red square",
+]
 
 
 def _query_image() -> bytes:
@@ -42,11 +48,14 @@ def one_request(url: str, number: int, image: bytes, k: int) -> tuple[float, boo
     """Send request `number` (a text search, every fourth an upload); returns (seconds, succeeded)."""
     if number % 4 == 3:
         boundary = uuid.uuid4().hex
-        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n--{boundary}\r\n'
-                f'Content-Disposition: form-data; name="image"; filename="q.png"\r\nContent-Type: image/png\r\n\r\n').encode()
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n--{boundary}\r\n'
+            f'Content-Disposition: form-data; name="image"; filename="q.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
         body += image + f"\r\n--{boundary}--\r\n".encode()
-        request = urllib.request.Request(f"{url}/api/search/image", body,
-                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        request = urllib.request.Request(
+            f"{url}/api/search/image", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
     else:
         payload = json.dumps({"text": QUERIES[number % len(QUERIES)], "k": k}).encode()
         request = urllib.request.Request(f"{url}/api/search/text", payload, {"Content-Type": "application/json"})
@@ -68,8 +77,14 @@ def run_load(url: str, clients: int, requests: int, k: int) -> dict[str, float]:
     wall = time.perf_counter() - start
     latencies = sorted(seconds * 1000 for seconds, _ in results)
     quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {"clients": clients, "requests": requests, "p50 ms": quantiles[49], "p99 ms": quantiles[98],
-            "req/s": requests / wall, "errors": sum(not ok for _, ok in results)}
+    return {
+        "clients": clients,
+        "requests": requests,
+        "p50 ms": quantiles[49],
+        "p99 ms": quantiles[98],
+        "req/s": requests / wall,
+        "errors": sum(not ok for _, ok in results),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,8 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         from mmd2v2.retrieval.service import create_app, running_server
 
         searcher = Searcher(args.index)
-        servers = {"off": lambda: running_server(create_app(searcher, batch_queries=False)),
-                   "on": lambda: running_server(create_app(searcher, batch_queries=True))}
+        servers = {
+            "off": lambda: running_server(create_app(searcher, batch_queries=False)),
+            "on": lambda: running_server(create_app(searcher, batch_queries=True)),
+        }
     else:
         servers = {"?": lambda: nullcontext(args.url.rstrip("/"))}
     rows = []
@@ -101,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append({"batching": batching, **run_load(url, clients, requests, args.k)})
     print(f"{'batching':>8} {'clients':>8} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
     for row in rows:
-        print(f"{row['batching']:>8} {row['clients']:>8} {row['requests']:>9} {row['p50 ms']:>8.1f} {row['p99 ms']:>8.1f} "
-              f"{row['req/s']:>8.1f} {row['errors']:>7}")
+        print(
+            f"{row['batching']:>8} {row['clients']:>8} {row['requests']:>9} {row['p50 ms']:>8.1f} {row['p99 ms']:>8.1f} "
+            f"{row['req/s']:>8.1f} {row['errors']:>7}"
+        )
     if any(row["errors"] for row in rows):
         sys.exit(1)
 

@@ -12,26 +12,59 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TINY_VISION = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
-               "intermediate_size": 64, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-TINY_TEXT = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64,
-             "vocab_size": 99, "max_position_embeddings": 48, "hidden_dropout_prob": 0.0,
-             "attention_probs_dropout_prob": 0.0}
+TINY_VISION = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
+TINY_TEXT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 99,
+    "max_position_embeddings": 48,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
 
 
 def tiny_overrides(output_dir: Path, data_dir: Path, **extra: object) -> list[str]:
     """`key=value` overrides turning configs/demo.yaml into a seconds-long run on a tiny dataset."""
     values: dict[str, object] = {
-        "model.image.config.image_size": 32, "model.image.config.patch_size": 8, "model.image.config.hidden_size": 32,
-        "model.image.config.num_hidden_layers": 2, "model.image.config.intermediate_size": 64,
+        "model.image.config.image_size": 32,
+        "model.image.config.patch_size": 8,
+        "model.image.config.hidden_size": 32,
+        "model.image.config.num_hidden_layers": 2,
+        "model.image.config.intermediate_size": 64,
         "model.image.num_blocks": 2,
-        "model.text.config.hidden_size": 32, "model.text.config.intermediate_size": 64,
-        "model.text.config.num_hidden_layers": 2, "model.text.num_blocks": 2,
-        "model.shared.width": 32, "model.shared.heads": 2, "model.embed_dim": 16,
-        "teacher.config.image_size": 32, "teacher.config.patch_size": 8, "teacher.config.hidden_size": 24, "teacher.config.intermediate_size": 48,
-        "data.demo_dir": str(data_dir), "data.demo_num_train": 24, "data.demo_num_val": 4, "data.demo_num_test": 12,
-        "data.image_size": 32, "trainer.micro_batch_size": 16, "trainer.max_steps": 4, "trainer.log_every": 1,
-        "trainer.checkpoint_every": 2, "trainer.progress_bar": False, "trainer.output_dir": str(output_dir),
+        "model.text.config.hidden_size": 32,
+        "model.text.config.intermediate_size": 64,
+        "model.text.config.num_hidden_layers": 2,
+        "model.text.num_blocks": 2,
+        "model.shared.width": 32,
+        "model.shared.heads": 2,
+        "model.embed_dim": 16,
+        "teacher.config.image_size": 32,
+        "teacher.config.patch_size": 8,
+        "teacher.config.hidden_size": 24,
+        "teacher.config.intermediate_size": 48,
+        "data.demo_dir": str(data_dir),
+        "data.demo_num_train": 24,
+        "data.demo_num_val": 4,
+        "data.demo_num_test": 12,
+        "data.image_size": 32,
+        "trainer.micro_batch_size": 16,
+        "trainer.max_steps": 4,
+        "trainer.log_every": 1,
+        "trainer.checkpoint_every": 2,
+        "trainer.progress_bar": False,
+        "trainer.output_dir": str(output_dir),
         "eval.batch_size": 8,
     }
     values.update(extra)

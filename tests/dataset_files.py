@@ -32,10 +32,18 @@ def write_flickr30k(root: Path, num_images: int) -> Path:
         name = f"{1000 + index}.jpg"
         write_png(root / "flickr30k-images" / name, index)
         split = "test" if index == num_images - 1 else "train"
-        images.append({"filename": name, "split": split, "sentids": [2 * index, 2 * index + 1], "imgid": index,
-                       "sentences": [{"raw": f"Picture {index} first.", "tokens": [], "imgid": index, "sentid": 2 * index},
-                                     {"raw": f"Picture {index} second.", "tokens": [], "imgid": index,
-                                      "sentid": 2 * index + 1}]})
+        images.append(
+            {
+                "filename": name,
+                "split": split,
+                "sentids": [2 * index, 2 * index + 1],
+                "imgid": index,
+                "sentences": [
+                    {"raw": f"Picture {index} first.", "tokens": [], "imgid": index, "sentid": 2 * index},
+                    {"raw": f"Picture {index} second.", "tokens": [], "imgid": index, "sentid": 2 * index + 1},
+                ],
+            }
+        )
     path = root / "dataset_flickr30k.json"
     path.write_text(json.dumps({"dataset": "flickr30k", "images": images}))
     return path
@@ -58,7 +66,13 @@ def write_shard(path: Path, samples: list[dict[str, bytes]]) -> Path:
 def write_shards(folder: Path, num_shards: int, per_shard: int) -> str:
     """`num_shards` shards of `per_shard` PNG + txt samples; returns the brace pattern naming them."""
     for shard in range(num_shards):
-        samples = [{"__key__": f"{shard:04d}{i:04d}".encode(), "png": png_bytes(shard * per_shard + i),
-                    "txt": f"sample {shard * per_shard + i}".encode()} for i in range(per_shard)]
+        samples = [
+            {
+                "__key__": f"{shard:04d}{i:04d}".encode(),
+                "png": png_bytes(shard * per_shard + i),
+                "txt": f"sample {shard * per_shard + i}".encode(),
+            }
+            for i in range(per_shard)
+        ]
         write_shard(folder / f"{shard:06d}.tar", samples)
     return str(folder / f"{{000000..{num_shards - 1:06d}}}.tar")

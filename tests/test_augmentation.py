@@ -43,9 +43,14 @@ def test_draws_follow_torch_global_generator() -> None:
     torch.testing.assert_close(random_resized_crop_flip(images, (0.5, 1.0), flip_prob=0.5), first)  # resumable
 
 
-@pytest.mark.parametrize(("override", "message"), [("data.random_crop_scale=[0.9]", "random_crop_scale"),
-                                                   ("data.random_crop_scale=[0.9, 1.2]", "random_crop_scale"),
-                                                   ("data.hflip_prob=2", "hflip_prob")])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.random_crop_scale=[0.9]", "random_crop_scale"),
+        ("data.random_crop_scale=[0.9, 1.2]", "random_crop_scale"),
+        ("data.hflip_prob=2", "hflip_prob"),
+    ],
+)
 def test_bad_augmentation_settings_are_refused(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config("configs/demo.yaml", [override])

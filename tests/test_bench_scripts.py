@@ -7,40 +7,68 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
 
 ROOT = Path(__file__).parent.parent
 
 
-def test_bench_step_prints_component_table(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_step_prints_component_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     tiny = tiny_overrides(tmp_path / "run", tmp_path / "unused") + ["trainer.micro_batch_size=8"]
-    monkeypatch.setattr(sys, "argv", ["bench_step.py", "--config", str(ROOT / "configs" / "demo.yaml"), "--repeats", "1",
-                                      "--set", *tiny, "--baseline", *tiny, "model.text.num_blocks=1"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench_step.py",
+            "--config",
+            str(ROOT / "configs" / "demo.yaml"),
+            "--repeats",
+            "1",
+            "--set",
+            *tiny,
+            "--baseline",
+            *tiny,
+            "model.text.num_blocks=1",
+        ],
+    )
     runpy.run_path(str(ROOT / "scripts" / "bench_step.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split() == ["config", "baseline", "speed-up"])
-    rows = {line[:24].strip(): line[24:].split() for line in lines[header + 1:]}
-    for row in ("load batch", "teacher forward", "image fwd+bwd", "text fwd+bwd", "whole step (no load)",
-                "full run, est. (s)"):
+    rows = {line[:24].strip(): line[24:].split() for line in lines[header + 1 :]}
+    for row in (
+        "load batch",
+        "teacher forward",
+        "image fwd+bwd",
+        "text fwd+bwd",
+        "whole step (no load)",
+        "full run, est. (s)",
+    ):
         ours, base, ratio = rows[row]
         assert float(ours) > 0 and float(base) > 0 and ratio.endswith("x")
     assert float(rows["params (M)"][0]) > float(rows["params (M)"][1])  # the baseline kept 1 of 2 text blocks
 
 
-def test_load_test_reports_latency_and_zero_errors(tmp_path: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_test_reports_latency_and_zero_errors(
+    tmp_path: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from test_index import _export
 
-    from mmd2v2.models.pretrained import load_pretrained
+    from mmd2v2.models.exported import load_export
     from mmd2v2.retrieval.collection import read_collection
     from mmd2v2.retrieval.index_build import BuildOptions, build_index
 
     export = _export(tmp_path / "export")
-    build_index(load_pretrained(export), export, read_collection([demo_dir / "images" / "test"]), tmp_path / "index",
-                BuildOptions(progress=False))
-    monkeypatch.setattr(sys, "argv", ["load_test.py", "--index", str(tmp_path / "index"), "--clients", "4", "--requests", "16"])
+    build_index(
+        load_export(export),
+        export,
+        read_collection([demo_dir / "images" / "test"]),
+        tmp_path / "index",
+        BuildOptions(progress=False),
+    )
+    monkeypatch.setattr(
+        sys, "argv", ["load_test.py", "--index", str(tmp_path / "index"), "--clients", "4", "--requests", "16"]
+    )
     runpy.run_path(str(ROOT / "scripts" / "load_test.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["batching", "clients", "requests"])
@@ -49,10 +77,28 @@ def test_load_test_reports_latency_and_zero_errors(tmp_path: Path, demo_dir: Pat
     assert all(float(row[3]) > 0 and float(row[4]) >= float(row[3]) and row[6] == "0" for row in rows)
 
 
-def test_bench_index_compares_our_search_path_with_raw_faiss(capsys: pytest.CaptureFixture[str],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["bench_index.py", "--count", "4000", "--dim", "32", "--queries", "50", "--clusters", "20",
-                                      "--types", "Flat", "HNSW32,Flat", "IVF16,PQ8x4fs,Refine(SQ8)"])
+def test_bench_index_compares_our_search_path_with_raw_faiss(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench_index.py",
+            "--count",
+            "4000",
+            "--dim",
+            "32",
+            "--queries",
+            "50",
+            "--clusters",
+            "20",
+            "--types",
+            "Flat",
+            "HNSW32,Flat",
+            "IVF16,PQ8x4fs,Refine(SQ8)",
+        ],
+    )
     runpy.run_path(str(ROOT / "scripts" / "bench_index.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("index"))
@@ -62,7 +108,9 @@ def test_bench_index_compares_our_search_path_with_raw_faiss(capsys: pytest.Capt
     assert all(0.0 < float(row[-1]) <= 1.0 and row[-2].endswith("%") for row in rows.values())
 
 
-def test_bench_recall_agrees_with_the_dense_baseline(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_recall_agrees_with_the_dense_baseline(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "argv", ["bench_recall.py", "--images", "200", "--dim", "16", "--repeats", "1"])
     runpy.run_path(str(ROOT / "scripts" / "bench_recall.py"), run_name="__main__")  # asserts both methods agree
     lines = capsys.readouterr().out.splitlines()
@@ -74,8 +122,26 @@ def test_bench_train_prints_and_appends_the_cached_against_uncached_table(tmp_pa
     import subprocess
 
     report = tmp_path / "benchmarks.md"
-    result = subprocess.run([sys.executable, "scripts/bench_train.py", "--only", "demo", "--demo-batch", "8", "--steps", "1",
-                             "--warmup", "0", "--append", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/bench_train.py",
+            "--only",
+            "demo",
+            "--demo-batch",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--append",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| demo")]
     assert [r[1].strip() for r in rows] == ["uncached", "teacher cached"]
@@ -85,17 +151,40 @@ def test_bench_train_prints_and_appends_the_cached_against_uncached_table(tmp_pa
     assert "Training throughput" in report.read_text() and "| demo | teacher cached |" in report.read_text()
 
 
-def test_bench_input_compares_the_fast_path_with_todays_in_the_same_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_input_compares_the_fast_path_with_todays_in_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("skimage")  # the bench's real photos (dev extra)
-    monkeypatch.setattr(sys, "argv", ["bench_input.py", "--images", "6", "--batch", "4", "--size", "32", "--workers", "0",
-                                      "--rounds", "1", "--data-dir", str(tmp_path)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench_input.py",
+            "--images",
+            "6",
+            "--batch",
+            "4",
+            "--size",
+            "32",
+            "--workers",
+            "0",
+            "--rounds",
+            "1",
+            "--data-dir",
+            str(tmp_path),
+        ],
+    )
     runpy.run_path(str(ROOT / "scripts" / "bench_input.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["loader", "path", "workers"])
     rows = [(line[:18].strip(), line[18:30].strip(), *line[30:].split()) for line in lines[header + 1 : header + 7]]
-    assert [row[:3] for row in rows] == [(loader, path, "0") for loader in ("training pairs", "cache/index/eval")
-                                         for path in ("baseline", "uint8 only", "fast")]
+    assert [row[:3] for row in rows] == [
+        (loader, path, "0")
+        for loader in ("training pairs", "cache/index/eval")
+        for path in ("baseline", "uint8 only", "fast")
+    ]
     assert all(float(row[3]) > 0 and float(row[4]) > 0 and row[5].endswith("x") and int(row[6]) >= 1 for row in rows)
-    assert rows[0][5] == "1.00x" and any(line.startswith("pixels of the fast path") and "PSNR" in line for line in lines)
+    assert rows[0][5] == "1.00x" and any(
+        line.startswith("pixels of the fast path") and "PSNR" in line for line in lines
+    )
     assert len(list(tmp_path.glob("*.jpg"))) == 6

@@ -26,9 +26,16 @@ class RunsACommand:
 def test_training_checkpoint_objects_become_inert_and_tensors_survive(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     weights = {"w": torch.randn(2, 3), "p": torch.nn.Parameter(torch.ones(2)), "h": torch.zeros(4, dtype=torch.float16)}
-    torch.save({"model": weights, "cfg": {"model": {"num_heads": 2, "eps": 1e-6}}, "args": argparse.Namespace(lr=1.0),
-                "extra_state": {"meter": np.float64(3.0), "array": np.zeros(3)}, "payload": RunsACommand(marker)},
-               tmp_path / "fairseq.pt")
+    torch.save(
+        {
+            "model": weights,
+            "cfg": {"model": {"num_heads": 2, "eps": 1e-6}},
+            "args": argparse.Namespace(lr=1.0),
+            "extra_state": {"meter": np.float64(3.0), "array": np.zeros(3)},
+            "payload": RunsACommand(marker),
+        },
+        tmp_path / "fairseq.pt",
+    )
     loaded = read_checkpoint(tmp_path / "fairseq.pt")
     assert not marker.exists()  # os.system was never called
     assert isinstance(loaded["payload"], PickledObject) and isinstance(loaded["args"], PickledObject)

@@ -13,8 +13,15 @@ DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
 
 
 def test_demo_config_loads_with_overrides() -> None:
-    config = load_config(DEMO, ["loss.kd_kind=contrastive", "optim.betas=[0.9, 0.95]", "trainer.max_steps=7",
-                                "model.image.config.hidden_size=64"])
+    config = load_config(
+        DEMO,
+        [
+            "loss.kd_kind=contrastive",
+            "optim.betas=[0.9, 0.95]",
+            "trainer.max_steps=7",
+            "model.image.config.hidden_size=64",
+        ],
+    )
     assert config.loss.kd_kind == "contrastive"
     assert config.optim.betas == [0.9, 0.95]
     assert config.trainer.max_steps == 7
@@ -39,15 +46,18 @@ def test_defaults_without_file() -> None:
     assert config.loss.kd_bank_size == 65536
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("model.imgae.family=vit", "unknown config key 'model.imgae'"),
-    ("trainer.max_step=3", "unknown config key 'trainer.max_step'"),
-    ("trainer.max_steps=many", "config key 'trainer.max_steps': got 'many', expected int"),
-    ("loss.kd_kind=huber", "config key 'loss.kd_kind': got 'huber', expected one of"),
-    ("optim.lr=fast", "config key 'optim.lr': got 'fast', expected a number"),
-    ("trainer", "expected key.sub=value"),
-    ("model.image.config={a: [1, 2}", "override 'model.image.config={a: [1, 2}': the value is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.imgae.family=vit", "unknown config key 'model.imgae'"),
+        ("trainer.max_step=3", "unknown config key 'trainer.max_step'"),
+        ("trainer.max_steps=many", "config key 'trainer.max_steps': got 'many', expected int"),
+        ("loss.kd_kind=huber", "config key 'loss.kd_kind': got 'huber', expected one of"),
+        ("optim.lr=fast", "config key 'optim.lr': got 'fast', expected a number"),
+        ("trainer", "expected key.sub=value"),
+        ("model.image.config={a: [1, 2}", "override 'model.image.config={a: [1, 2}': the value is not valid YAML"),
+    ],
+)
 def test_bad_keys_and_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")) as info:
         load_config(DEMO, [override])

@@ -20,16 +20,35 @@ def unilm_beitv2_state() -> dict[str, torch.Tensor]:
     """A tiny BEiT-2 pretraining checkpoint with the key names and shapes of the unilm/timm code."""
     torch.manual_seed(0)
     rows = (2 * (SIZE // PATCH) - 1) ** 2 + 3
-    state = {"cls_token": torch.randn(1, 1, WIDTH), "mask_token": torch.randn(1, 1, WIDTH),
-             "patch_embed.proj.weight": torch.randn(WIDTH, 3, PATCH, PATCH), "patch_embed.proj.bias": torch.randn(WIDTH),
-             "norm.weight": torch.randn(WIDTH), "norm.bias": torch.randn(WIDTH),
-             "lm_head.weight": torch.randn(64, WIDTH), "cls_pt_layers.0.attn.qkv.weight": torch.randn(3 * WIDTH, WIDTH)}
+    state = {
+        "cls_token": torch.randn(1, 1, WIDTH),
+        "mask_token": torch.randn(1, 1, WIDTH),
+        "patch_embed.proj.weight": torch.randn(WIDTH, 3, PATCH, PATCH),
+        "patch_embed.proj.bias": torch.randn(WIDTH),
+        "norm.weight": torch.randn(WIDTH),
+        "norm.bias": torch.randn(WIDTH),
+        "lm_head.weight": torch.randn(64, WIDTH),
+        "cls_pt_layers.0.attn.qkv.weight": torch.randn(3 * WIDTH, WIDTH),
+    }
     for i in range(DEPTH):
-        block = {"norm1.weight": (WIDTH,), "norm1.bias": (WIDTH,), "attn.qkv.weight": (3 * WIDTH, WIDTH),
-                 "attn.q_bias": (WIDTH,), "attn.v_bias": (WIDTH,), "attn.relative_position_bias_table": (rows, HEADS),
-                 "attn.proj.weight": (WIDTH, WIDTH), "attn.proj.bias": (WIDTH,), "gamma_1": (WIDTH,), "gamma_2": (WIDTH,),
-                 "norm2.weight": (WIDTH,), "norm2.bias": (WIDTH,), "mlp.fc1.weight": (4 * WIDTH, WIDTH),
-                 "mlp.fc1.bias": (4 * WIDTH,), "mlp.fc2.weight": (WIDTH, 4 * WIDTH), "mlp.fc2.bias": (WIDTH,)}
+        block = {
+            "norm1.weight": (WIDTH,),
+            "norm1.bias": (WIDTH,),
+            "attn.qkv.weight": (3 * WIDTH, WIDTH),
+            "attn.q_bias": (WIDTH,),
+            "attn.v_bias": (WIDTH,),
+            "attn.relative_position_bias_table": (rows, HEADS),
+            "attn.proj.weight": (WIDTH, WIDTH),
+            "attn.proj.bias": (WIDTH,),
+            "gamma_1": (WIDTH,),
+            "gamma_2": (WIDTH,),
+            "norm2.weight": (WIDTH,),
+            "norm2.bias": (WIDTH,),
+            "mlp.fc1.weight": (4 * WIDTH, WIDTH),
+            "mlp.fc1.bias": (4 * WIDTH,),
+            "mlp.fc2.weight": (WIDTH, 4 * WIDTH),
+            "mlp.fc2.bias": (WIDTH,),
+        }
         state.update({f"blocks.{i}.{k}": torch.randn(shape) for k, shape in block.items()})
         state[f"blocks.{i}.attn.relative_position_index"] = torch.zeros(17, 17, dtype=torch.long)
     return state
@@ -58,12 +77,18 @@ def test_converted_folder_holds_every_weight_and_loads_as_the_teacher(tmp_path: 
     assert torch.equal(post.model.embeddings.cls_token, state["cls_token"])
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda s: s.pop("blocks.0.attn.q_bias"), "missing 'blocks.0.attn.q_bias'"),
-    (lambda s: s.pop("cls_token"), "missing 'cls_token'"),
-    (lambda s: s.update({"blocks.1.attn.qkv.weight": torch.zeros(3, WIDTH)}), "'blocks.1.attn.qkv.weight' has shape (3, 32)"),
-    (lambda s: s.update({"decoder.weight": torch.zeros(2)}), "unexpected tensor 'decoder.weight'"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.pop("blocks.0.attn.q_bias"), "missing 'blocks.0.attn.q_bias'"),
+        (lambda s: s.pop("cls_token"), "missing 'cls_token'"),
+        (
+            lambda s: s.update({"blocks.1.attn.qkv.weight": torch.zeros(3, WIDTH)}),
+            "'blocks.1.attn.qkv.weight' has shape (3, 32)",
+        ),
+        (lambda s: s.update({"decoder.weight": torch.zeros(2)}), "unexpected tensor 'decoder.weight'"),
+    ],
+)
 def test_bad_checkpoints_get_one_line_errors(edit: object, message: str) -> None:
     state = unilm_beitv2_state()
     edit(state)  # type: ignore[operator]
@@ -73,7 +98,9 @@ def test_bad_checkpoints_get_one_line_errors(edit: object, message: str) -> None
         convert_beit_state(unilm_beitv2_state(), image_size=64)
 
 
-def test_script_converts_a_torch_checkpoint_without_running_pickled_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_script_converts_a_torch_checkpoint_without_running_pickled_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import runpy
     import sys
 
@@ -84,8 +111,19 @@ def test_script_converts_a_torch_checkpoint_without_running_pickled_code(tmp_pat
     assert main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--image-size", str(SIZE)]) == 0
     assert (tmp_path / "out" / "config.json").is_file() and "2 blocks, width 32" in capsys.readouterr().out
     torch.save({"model": unilm_beitv2_state(), "args": Path("pickled object")}, tmp_path / "with_objects.pth")
-    assert main(["--checkpoint", str(tmp_path / "with_objects.pth"), "--out", str(tmp_path / "objects"),
-                 "--image-size", str(SIZE)]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(tmp_path / "with_objects.pth"),
+                "--out",
+                str(tmp_path / "objects"),
+                "--image-size",
+                str(SIZE),
+            ]
+        )
+        == 0
+    )
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     assert main(["--checkpoint", str(tmp_path / "broken.pth"), "--out", str(tmp_path / "broken")]) == 2
     assert "is not a readable torch checkpoint" in capsys.readouterr().err and not (tmp_path / "broken").exists()

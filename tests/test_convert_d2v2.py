@@ -27,12 +27,26 @@ IMAGE, TEXT = "modality_encoders.IMAGE", "modality_encoders.TEXT"
 
 
 def _block(prefix: str) -> dict[str, Tensor]:
-    shapes = {"norm1.weight": (WIDTH,), "norm1.bias": (WIDTH,), "attn.qkv.weight": (3 * WIDTH, WIDTH),
-              "attn.qkv.bias": (3 * WIDTH,), "attn.proj.weight": (WIDTH, WIDTH), "attn.proj.bias": (WIDTH,),
-              "norm2.weight": (WIDTH,), "norm2.bias": (WIDTH,), "mlp.fc1.weight": (4 * WIDTH, WIDTH),
-              "mlp.fc1.bias": (4 * WIDTH,), "mlp.fc2.weight": (WIDTH, 4 * WIDTH), "mlp.fc2.bias": (WIDTH,)}
-    return {f"{prefix}.{k}": (1.0 + 0.1 * torch.randn(s) if k.startswith("norm") and k.endswith("weight") else
-                              0.2 * torch.randn(s)) for k, s in shapes.items()}
+    shapes = {
+        "norm1.weight": (WIDTH,),
+        "norm1.bias": (WIDTH,),
+        "attn.qkv.weight": (3 * WIDTH, WIDTH),
+        "attn.qkv.bias": (3 * WIDTH,),
+        "attn.proj.weight": (WIDTH, WIDTH),
+        "attn.proj.bias": (WIDTH,),
+        "norm2.weight": (WIDTH,),
+        "norm2.bias": (WIDTH,),
+        "mlp.fc1.weight": (4 * WIDTH, WIDTH),
+        "mlp.fc1.bias": (4 * WIDTH,),
+        "mlp.fc2.weight": (WIDTH, 4 * WIDTH),
+        "mlp.fc2.bias": (WIDTH,),
+    }
+    return {
+        f"{prefix}.{k}": (
+            1.0 + 0.1 * torch.randn(s) if k.startswith("norm") and k.endswith("weight") else 0.2 * torch.randn(s)
+        )
+        for k, s in shapes.items()
+    }
 
 
 def image_checkpoint(prenet: int = 1, depth: int = 2) -> dict[str, object]:
@@ -46,15 +60,24 @@ def image_checkpoint(prenet: int = 1, depth: int = 2) -> dict[str, object]:
         f"{IMAGE}.extra_tokens": torch.randn(1, 1, WIDTH),
         f"{IMAGE}.context_encoder.norm.weight": 1 + 0.1 * torch.randn(WIDTH),
         f"{IMAGE}.context_encoder.norm.bias": 0.1 * torch.randn(WIDTH),
-        f"{IMAGE}.decoder.blocks.0.0.weight": torch.randn(WIDTH, 2, 3, 3), f"{IMAGE}.decoder.proj.weight": torch.randn(WIDTH, WIDTH),
+        f"{IMAGE}.decoder.blocks.0.0.weight": torch.randn(WIDTH, 2, 3, 3),
+        f"{IMAGE}.decoder.proj.weight": torch.randn(WIDTH, WIDTH),
         "_ema": {"blocks.0.norm1.weight": torch.randn(WIDTH)},
     }
     for i in range(prenet):
         state.update(_block(f"{IMAGE}.context_encoder.blocks.{i}"))
     for i in range(depth):
         state.update(_block(f"blocks.{i}"))
-    cfg = {"model": {"_name": "data2vec_multi", "depth": depth, "num_heads": HEADS, "norm_eps": 1e-6,
-                     "layer_norm_first": False, "modalities": {"image": {"prenet_depth": prenet, "num_extra_tokens": 1}}}}
+    cfg = {
+        "model": {
+            "_name": "data2vec_multi",
+            "depth": depth,
+            "num_heads": HEADS,
+            "norm_eps": 1e-6,
+            "layer_norm_first": False,
+            "modalities": {"image": {"prenet_depth": prenet, "num_extra_tokens": 1}},
+        }
+    }
     return {"model": state, "cfg": cfg, "extra_state": {"previous_training_time": np.float64(12.5)}}
 
 
@@ -75,7 +98,11 @@ def text_checkpoint(depth: int = 2) -> dict[str, object]:
 
 def _attention(x: Tensor, s: dict[str, Tensor], p: str, pad: Tensor | None) -> Tensor:
     batch, length, _ = x.shape
-    q, k, v = (x @ s[f"{p}.attn.qkv.weight"].T + s[f"{p}.attn.qkv.bias"]).reshape(batch, length, 3, HEADS, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = (
+        (x @ s[f"{p}.attn.qkv.weight"].T + s[f"{p}.attn.qkv.bias"])
+        .reshape(batch, length, 3, HEADS, -1)
+        .permute(2, 0, 3, 1, 4)
+    )
     scores = (q * (WIDTH // HEADS) ** -0.5) @ k.transpose(-2, -1)
     if pad is not None:
         scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
@@ -86,15 +113,22 @@ def _attention(x: Tensor, s: dict[str, Tensor], p: str, pad: Tensor | None) -> T
 def _alt_block(x: Tensor, s: dict[str, Tensor], p: str, eps: float, pad: Tensor | None = None) -> Tensor:
     """fairseq AltBlock with layer_norm_first=False: x = norm1(x + attn(x)); x = norm2(x + mlp(x))."""
     x = F.layer_norm(x + _attention(x, s, p, pad), (WIDTH,), s[f"{p}.norm1.weight"], s[f"{p}.norm1.bias"], eps)
-    hidden = F.gelu(x @ s[f"{p}.mlp.fc1.weight"].T + s[f"{p}.mlp.fc1.bias"]) @ s[f"{p}.mlp.fc2.weight"].T + s[f"{p}.mlp.fc2.bias"]
+    hidden = (
+        F.gelu(x @ s[f"{p}.mlp.fc1.weight"].T + s[f"{p}.mlp.fc1.bias"]) @ s[f"{p}.mlp.fc2.weight"].T
+        + s[f"{p}.mlp.fc2.bias"]
+    )
     return F.layer_norm(x + hidden, (WIDTH,), s[f"{p}.norm2.weight"], s[f"{p}.norm2.bias"], eps)
 
 
 def fairseq_image_forward(s: dict[str, Tensor], pixels: Tensor, blocks: list[str]) -> Tensor:
-    patches = F.conv2d(pixels, s[f"{IMAGE}.local_encoder.proj.weight"], s[f"{IMAGE}.local_encoder.proj.bias"], stride=PATCH)
+    patches = F.conv2d(
+        pixels, s[f"{IMAGE}.local_encoder.proj.weight"], s[f"{IMAGE}.local_encoder.proj.bias"], stride=PATCH
+    )
     x = patches.flatten(2).transpose(1, 2) + s[f"{IMAGE}.fixed_positional_encoder.positions"]
     x = torch.cat([s[f"{IMAGE}.extra_tokens"].expand(len(x), -1, -1), x], dim=1)
-    x = F.layer_norm(x, (WIDTH,), s[f"{IMAGE}.context_encoder.norm.weight"], s[f"{IMAGE}.context_encoder.norm.bias"], 1e-6)
+    x = F.layer_norm(
+        x, (WIDTH,), s[f"{IMAGE}.context_encoder.norm.weight"], s[f"{IMAGE}.context_encoder.norm.bias"], 1e-6
+    )
     for p in blocks:
         x = _alt_block(x, s, p, 1e-6)
     return x
@@ -103,9 +137,17 @@ def fairseq_image_forward(s: dict[str, Tensor], pixels: Tensor, blocks: list[str
 def fairseq_text_forward(s: dict[str, Tensor], ids: Tensor) -> Tensor:
     pad = ids.eq(1)
     positions = torch.cumsum(~pad, dim=1) * ~pad + 1  # fairseq make_positions with padding_idx 1
-    x = s[f"{TEXT}.local_encoder.embed_tokens.weight"][ids] + s[f"{TEXT}.local_encoder.embed_positions.weight"][positions]
-    x = F.layer_norm(x, (WIDTH,), s[f"{TEXT}.local_encoder.layernorm_embedding.weight"],
-                     s[f"{TEXT}.local_encoder.layernorm_embedding.bias"], 1e-5)
+    x = (
+        s[f"{TEXT}.local_encoder.embed_tokens.weight"][ids]
+        + s[f"{TEXT}.local_encoder.embed_positions.weight"][positions]
+    )
+    x = F.layer_norm(
+        x,
+        (WIDTH,),
+        s[f"{TEXT}.local_encoder.layernorm_embedding.weight"],
+        s[f"{TEXT}.local_encoder.layernorm_embedding.bias"],
+        1e-5,
+    )
     for p in ("blocks.0", "blocks.1"):
         x = _alt_block(x, s, p, 1e-5, pad)
     return x
@@ -123,17 +165,26 @@ def roberta_tokenizer(folder: Path) -> Path:
 def test_image_encoder_matches_fairseq_forward_and_loads_truncated(tmp_path: Path) -> None:
     checkpoint = image_checkpoint()
     config, state = convert_image(checkpoint)
-    assert (config.num_hidden_layers, config.num_attention_heads, config.image_size, config.patch_size) == (3, HEADS, SIZE, PATCH)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.image_size, config.patch_size) == (
+        3,
+        HEADS,
+        SIZE,
+        PATCH,
+    )
     folder = write_image_folder(config, state, tmp_path / "d2v2_image")
     fairseq = checkpoint["model"]
     pixels = torch.randn(2, 3, SIZE, SIZE)
     order = [f"{IMAGE}.context_encoder.blocks.0", "blocks.0", "blocks.1"]  # prenet blocks run first
     with torch.no_grad():
         for blocks in (2, 3):
-            encoder = UnimodalEncoder(EncoderConfig(family="data2vec2-vision", pretrained=str(folder), num_blocks=blocks),
-                                      "image", "model.image").eval()
-            torch.testing.assert_close(encoder(pixels), fairseq_image_forward(fairseq, pixels, order[:blocks]),
-                                       rtol=1e-4, atol=1e-4)
+            encoder = UnimodalEncoder(
+                EncoderConfig(family="data2vec2-vision", pretrained=str(folder), num_blocks=blocks),
+                "image",
+                "model.image",
+            ).eval()
+            torch.testing.assert_close(
+                encoder(pixels), fairseq_image_forward(fairseq, pixels, order[:blocks]), rtol=1e-4, atol=1e-4
+            )
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == [0.485, 0.456, 0.406] and processor["resample"] == 3
     assert not list(tmp_path.glob(".d2v2_image*"))
@@ -145,7 +196,9 @@ def test_text_encoder_matches_fairseq_forward_with_padding(tmp_path: Path) -> No
     folder = write_text_folder(config, state, tmp_path / "d2v2_text", str(roberta_tokenizer(tmp_path / "tok")))
     ids = torch.tensor([[0, 5, 9, 7, 2, 1, 1], [0, 4, 6, 8, 9, 5, 2]])
     with torch.no_grad():
-        encoder = UnimodalEncoder(EncoderConfig(family="data2vec-text", pretrained=str(folder)), "text", "model.text").eval()
+        encoder = UnimodalEncoder(
+            EncoderConfig(family="data2vec-text", pretrained=str(folder)), "text", "model.text"
+        ).eval()
         output = encoder(ids, ids.ne(1).long())
     reference = fairseq_text_forward(checkpoint["model"], ids)
     keep = ids.ne(1)
@@ -155,7 +208,9 @@ def test_text_encoder_matches_fairseq_forward_with_padding(tmp_path: Path) -> No
     assert AutoTokenizer.from_pretrained(folder)("ab")["input_ids"][0] == 0  # the tokenizer travels with the weights
 
 
-def test_script_converts_both_modalities_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_script_converts_both_modalities_and_reports_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     main = runpy.run_path(str(ROOT / "scripts" / "convert_d2v2.py"))["main"]
     torch.save(image_checkpoint(), tmp_path / "image.pt")
     torch.save(text_checkpoint(), tmp_path / "text.pt")
@@ -164,7 +219,9 @@ def test_script_converts_both_modalities_and_reports_bad_input(tmp_path: Path, c
     assert main(["--checkpoint", str(tmp_path / "text.pt"), "--out", str(tmp_path / "txt")]) == 2
     assert "--tokenizer: required for text" in capsys.readouterr().err
     tokenizer = str(roberta_tokenizer(tmp_path / "tok"))
-    assert main(["--checkpoint", str(tmp_path / "text.pt"), "--out", str(tmp_path / "txt"), "--tokenizer", tokenizer]) == 0
+    assert (
+        main(["--checkpoint", str(tmp_path / "text.pt"), "--out", str(tmp_path / "txt"), "--tokenizer", tokenizer]) == 0
+    )
     assert (tmp_path / "txt" / "tokenizer.json").is_file()
     assert main(["--checkpoint", str(tmp_path / "image.pt"), "--modality", "text", "--out", str(tmp_path / "x")]) == 2
     assert "holds image encoders, not text" in capsys.readouterr().err and not (tmp_path / "x").exists()
@@ -190,15 +247,18 @@ def _edited(edit: str) -> dict[str, object]:
     return checkpoint
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    ("pre_ln", "pre-LayerNorm model"),
-    ("bare", "no model.num_heads in its config .* pass --num-heads"),
-    ("two_extra_tokens", r"extra_tokens' has shape \(1, 2, 32\), expected \(1, 1, 32\)"),
-    ("alibi", "uses ALiBi attention biases"),
-    ("no_qkv_bias", "'blocks.1' has no attn.qkv.bias"),
-    ("stray", "unexpected tensor 'modality_encoders.IMAGE.local_encoder.extra.weight'"),
-    ("not_d2v2", "no 'modality_encoders.\\*' tensors"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("pre_ln", "pre-LayerNorm model"),
+        ("bare", "no model.num_heads in its config .* pass --num-heads"),
+        ("two_extra_tokens", r"extra_tokens' has shape \(1, 2, 32\), expected \(1, 1, 32\)"),
+        ("alibi", "uses ALiBi attention biases"),
+        ("no_qkv_bias", "'blocks.1' has no attn.qkv.bias"),
+        ("stray", "unexpected tensor 'modality_encoders.IMAGE.local_encoder.extra.weight'"),
+        ("not_d2v2", "no 'modality_encoders.\\*' tensors"),
+    ],
+)
 def test_unsupported_checkpoints_get_one_line_errors(edit: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         convert_image(_edited(edit))

@@ -24,11 +24,20 @@ def _write_coco_like(tmp_path: Path) -> Path:
         folder.mkdir(exist_ok=True)
         name = f"COCO_{index:012d}.jpg"
         Image.fromarray(np.full((20, 30, 3), 40 * index, dtype=np.uint8)).save(folder / name)
-        images.append({"filepath": folder.name, "filename": name, "imgid": index, "split": split,
-                       "cocoid": 1000 + index, "sentids": [2 * index, 2 * index + 1],
-                       "sentences": [{"raw": f"A photo number {index}.", "tokens": ["a", "photo"], "imgid": index,
-                                      "sentid": 2 * index},
-                                     {"raw": "  ", "tokens": [], "imgid": index, "sentid": 2 * index + 1}]})
+        images.append(
+            {
+                "filepath": folder.name,
+                "filename": name,
+                "imgid": index,
+                "split": split,
+                "cocoid": 1000 + index,
+                "sentids": [2 * index, 2 * index + 1],
+                "sentences": [
+                    {"raw": f"A photo number {index}.", "tokens": ["a", "photo"], "imgid": index, "sentid": 2 * index},
+                    {"raw": "  ", "tokens": [], "imgid": index, "sentid": 2 * index + 1},
+                ],
+            }
+        )
     (tmp_path / "val2014" / images[3]["filename"]).write_bytes(b"\xff\xd8 not really a jpeg")
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"dataset": "coco", "images": images}))
@@ -44,14 +53,22 @@ def test_karpathy_split_includes_restval_and_drops_blank_captions(tmp_path: Path
     assert [r.image_id for r in load_karpathy_split(path, "test")] == [3]
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "not valid UTF-8 JSON"),
-    ('{"imgs": []}', "expected a top-level object with an 'images' list"),
-    ('{"images": [{"filename": "a.jpg", "sentences": []}]}', r"images\[0\]: missing field 'split'"),
-    ('{"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": 3}]}]}',
-     r"images\[0\].sentences\[0\]: expected an object with a string 'raw'"),
-    ('{"images": [{"filename": "a.jpg", "split": "val", "sentences": [{"raw": "x"}]}]}', "split 'test' has no images"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid UTF-8 JSON"),
+        ('{"imgs": []}', "expected a top-level object with an 'images' list"),
+        ('{"images": [{"filename": "a.jpg", "sentences": []}]}', r"images\[0\]: missing field 'split'"),
+        (
+            '{"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": 3}]}]}',
+            r"images\[0\].sentences\[0\]: expected an object with a string 'raw'",
+        ),
+        (
+            '{"images": [{"filename": "a.jpg", "split": "val", "sentences": [{"raw": "x"}]}]}',
+            "split 'test' has no images",
+        ),
+    ],
+)
 def test_bad_caption_files_name_file_and_field(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -94,7 +111,7 @@ def test_word_tokenizer_frames_and_pads() -> None:
 def test_sampler_resumes_in_the_same_order_and_splits_ranks() -> None:
     full = list(ResumableBatchSampler(50, 4, 2, 1, 0, seed=3, start_step=0, total_steps=13))
     resumed = list(ResumableBatchSampler(50, 4, 2, 1, 0, seed=3, start_step=5, total_steps=13))
-    assert resumed == full[5 * 2:]
+    assert resumed == full[5 * 2 :]
     steps_per_epoch = 50 // 8
     first_epoch = [i for batch in full[: steps_per_epoch * 2] for i in batch]
     assert len(set(first_epoch)) == len(first_epoch) == 48  # no repeats inside an epoch

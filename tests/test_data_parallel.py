@@ -17,13 +17,29 @@ GLOBAL_BATCH = 16
 
 
 def _train(run: Path, demo_dir: Path, processes: int, zero_stage: int) -> list[dict[str, float]]:
-    overrides = tiny_overrides(run, demo_dir, **{
-        "trainer.micro_batch_size": GLOBAL_BATCH // processes, "trainer.max_steps": 3, "trainer.checkpoint_every": 100,
-        "deepspeed.zero_stage": zero_stage, "loss.contrastive_memory_bank": 64})
-    launcher = [sys.executable] if processes == 1 else [
-        str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={processes}"]
-    result = subprocess.run([*launcher, "train.py", "--config", "configs/demo.yaml", "--output-dir", str(run), *overrides],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    overrides = tiny_overrides(
+        run,
+        demo_dir,
+        **{
+            "trainer.micro_batch_size": GLOBAL_BATCH // processes,
+            "trainer.max_steps": 3,
+            "trainer.checkpoint_every": 100,
+            "deepspeed.zero_stage": zero_stage,
+            "loss.contrastive_memory_bank": 64,
+        },
+    )
+    launcher = (
+        [sys.executable]
+        if processes == 1
+        else [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={processes}"]
+    )
+    result = subprocess.run(
+        [*launcher, "train.py", "--config", "configs/demo.yaml", "--output-dir", str(run), *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
 
@@ -35,10 +51,15 @@ def single_process(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing")
 @pytest.mark.parametrize("zero_stage", [0, 1, 2])
-def test_two_processes_match_one_on_the_same_global_batch(zero_stage: int, single_process: list[dict[str, float]],
-                                                          demo_dir: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one_on_the_same_global_batch(
+    zero_stage: int, single_process: list[dict[str, float]], demo_dir: Path, tmp_path: Path
+) -> None:
     two = _train(tmp_path / "two", demo_dir, 2, zero_stage)
     assert [r["step"] for r in two] == [1, 2, 3]
     for one_step, two_step in zip(single_process, two):  # step 1: same forward; steps 2-3: same updates and banks
         for term in ("loss", "contrastive", "kd"):
-            assert two_step[term] == pytest.approx(one_step[term], rel=1e-5, abs=1e-6), (zero_stage, one_step["step"], term)
+            assert two_step[term] == pytest.approx(one_step[term], rel=1e-5, abs=1e-6), (
+                zero_stage,
+                one_step["step"],
+                term,
+            )

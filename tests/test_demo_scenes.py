@@ -11,8 +11,19 @@ import pytest
 from PIL import Image
 
 from mmd2v2.data.demo_scenes import (
-    COLOURS, NUMBERS, PLURALS, SCENE_VOCABULARY, SHAPES, SPLITS, Scene, SceneObject, generate_scene, generate_scenes, main,
-    render, write_demo_dataset,
+    COLOURS,
+    NUMBERS,
+    PLURALS,
+    SCENE_VOCABULARY,
+    SHAPES,
+    SPLITS,
+    Scene,
+    SceneObject,
+    generate_scene,
+    generate_scenes,
+    main,
+    render,
+    write_demo_dataset,
 )
 
 COUNTS = {"train": 20, "val": 5, "test": 10}
@@ -21,14 +32,25 @@ DESCRIPTION = re.compile(rf"(?:a )?(small|large) {OBJECT} (?:at the|in the|at) (
 RELATION = re.compile(
     rf"the {OBJECT} is (left of|to the left of|right of|to the right of|above|below|larger than|smaller than) the {OBJECT}"
 )
-PLACES = {"top left": (0, 0), "top": (0, 1), "top right": (0, 2), "left": (1, 0), "center": (1, 1), "right": (1, 2),
-          "bottom left": (2, 0), "bottom": (2, 1), "bottom right": (2, 2)}
+PLACES = {
+    "top left": (0, 0),
+    "top": (0, 1),
+    "top right": (0, 2),
+    "left": (1, 0),
+    "center": (1, 1),
+    "right": (1, 2),
+    "bottom left": (2, 0),
+    "bottom": (2, 1),
+    "bottom right": (2, 2),
+}
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo set of 32×32 images."""
-    return write_demo_dataset(tmp_path_factory.mktemp("demo") / "set", COUNTS["train"], COUNTS["val"], COUNTS["test"], 32)
+    return write_demo_dataset(
+        tmp_path_factory.mktemp("demo") / "set", COUNTS["train"], COUNTS["val"], COUNTS["test"], 32
+    )
 
 
 def _described(caption: str) -> list[tuple[str, str, str, int, int]]:
@@ -50,10 +72,16 @@ def _relation_holds(caption: str, objects: tuple[SceneObject, ...]) -> bool:
     a, b = by_name.get(f"{c1} {s1}"), by_name.get(f"{c2} {s2}")
     if a is None or b is None:
         return False
-    return {"left of": a.col < b.col, "to the left of": a.col < b.col, "right of": a.col > b.col,
-            "to the right of": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row,
-            "larger than": (a.size, b.size) == ("large", "small"),
-            "smaller than": (a.size, b.size) == ("small", "large")}[relation]
+    return {
+        "left of": a.col < b.col,
+        "to the left of": a.col < b.col,
+        "right of": a.col > b.col,
+        "to the right of": a.col > b.col,
+        "above": a.row < b.row,
+        "below": a.row > b.row,
+        "larger than": (a.size, b.size) == ("large", "small"),
+        "smaller than": (a.size, b.size) == ("small", "large"),
+    }[relation]
 
 
 def _tally_holds(tally: str, labels: list[str]) -> bool:
@@ -77,7 +105,9 @@ def _caption_holds(caption: str, scene: Scene) -> bool:
         return _relation_holds(caption, objects)
     if caption.startswith("there "):
         verb, tally = caption.split(" ", 2)[1:]
-        return verb == ("is" if tally.startswith("one ") else "are") and _tally_holds(tally, [o.colour for o in objects])
+        return verb == ("is" if tally.startswith("one ") else "are") and _tally_holds(
+            tally, [o.colour for o in objects]
+        )
     total, word, tally = caption.split(" ", 2)
     return word == "shapes" and NUMBERS.index(total) == len(objects) and _tally_holds(tally, [o.shape for o in objects])
 
@@ -123,12 +153,14 @@ def test_every_caption_is_true_of_its_scene() -> None:
 
 def test_scenes_have_distractors_and_use_the_whole_vocabulary() -> None:
     scenes = generate_scenes(seed=0, split="test", count=500)
-    shared = [len({o.colour for o in s.objects}) < len(s.objects) or len({o.shape for o in s.objects}) < len(s.objects)
-              for s in scenes]
+    shared = [
+        len({o.colour for o in s.objects}) < len(s.objects) or len({o.shape for o in s.objects}) < len(s.objects)
+        for s in scenes
+    ]
     assert 0.4 < np.mean(shared) < 0.95
     used = {word for scene in scenes for caption in scene.captions for word in caption.split()}
     assert used == set(SCENE_VOCABULARY) and len(SCENE_VOCABULARY) < 150
-    assert SCENE_VOCABULARY == sorted(set(SCENE_VOCABULARY))
+    assert sorted(set(SCENE_VOCABULARY)) == SCENE_VOCABULARY
 
 
 @pytest.mark.parametrize("image_size", [32, 64])
@@ -153,8 +185,9 @@ def test_deterministic_and_independent_of_other_splits(tmp_path: Path) -> None:
     assert generate_scene(1, "test", 2) == generate_scene(1, "test", 2) != generate_scene(1, "train", 2)
     more_train = json.loads(write_demo_dataset(tmp_path / "d", 9, 2, 3, 32, seed=1).read_text())["images"]
     test_captions = [[s["raw"] for s in e["sentences"]] for e in more_train if e["split"] == "test"]
-    assert test_captions == [[s["raw"] for s in e["sentences"]] for e in json.loads(first.read_text())["images"]
-                             if e["split"] == "test"]
+    assert test_captions == [
+        [s["raw"] for s in e["sentences"]] for e in json.loads(first.read_text())["images"] if e["split"] == "test"
+    ]
 
 
 def test_reused_regenerated_and_atomic(tmp_path: Path) -> None:

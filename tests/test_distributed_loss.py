@@ -13,7 +13,7 @@ from mmd2v2.config import LossConfig
 from mmd2v2.losses.contrastive import excluded_columns
 from mmd2v2.losses.distributed import INVALID
 from mmd2v2.losses.objective import MMD2V2Objective
-from mmd2v2.models.mmd2v2 import ModalityOutput
+from mmd2v2.models.dual_encoder import ModalityOutput
 
 GLOBAL, FEATURES, EMBED, TEACHER = 8, 6, 8, 5
 KD_KINDS = ("contrastive", "mse")  # InfoNCE against gathered teacher vectors + bank, and plain regression
@@ -22,8 +22,12 @@ IDS = torch.tensor([0, 1, 1, 2, 3, 4, 4, 5])  # captions of the same image on on
 
 def _global_batch(step: int) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(100 + step)
-    return (torch.randn(GLOBAL, FEATURES, generator=generator), torch.randn(GLOBAL, FEATURES, generator=generator),
-            torch.randn(GLOBAL, TEACHER, generator=generator), IDS + 10 * step)
+    return (
+        torch.randn(GLOBAL, FEATURES, generator=generator),
+        torch.randn(GLOBAL, FEATURES, generator=generator),
+        torch.randn(GLOBAL, TEACHER, generator=generator),
+        IDS + 10 * step,
+    )
 
 
 def _train(rank: int, world: int, init_file: str, out: str) -> None:
@@ -39,7 +43,9 @@ def _train(rank: int, world: int, init_file: str, out: str) -> None:
 def _steps(rank: int, world: int, kd_kind: str) -> dict[str, list[torch.Tensor]]:
     torch.manual_seed(0)
     image_net, text_net = nn.Linear(FEATURES, EMBED + TEACHER), nn.Linear(FEATURES, EMBED + TEACHER)
-    objective = MMD2V2Objective(LossConfig(kd_kind=kd_kind, contrastive_memory_bank=32, kd_bank_size=32), EMBED, TEACHER)
+    objective = MMD2V2Objective(
+        LossConfig(kd_kind=kd_kind, contrastive_memory_bank=32, kd_bank_size=32), EMBED, TEACHER
+    )
     parameters = [*image_net.parameters(), *text_net.parameters(), *objective.parameters()]
     local = GLOBAL // world
     rows = slice(rank * local, (rank + 1) * local)
@@ -84,5 +90,6 @@ def test_padding_rows_are_never_candidates_and_the_own_pair_is_the_target() -> N
     keys = torch.tensor([9, 3, 5, 3, INVALID, INVALID])  # this rank's rows at offset 1, another view of image 3 at 3
     assert excluded_columns(queries, keys, offset=1).tolist() == [
         [False, False, False, True, True, True],
-        [False, False, False, False, True, True]]
+        [False, False, False, False, True, True],
+    ]
     assert excluded_columns(queries, torch.tensor([3, -1]), offset=None).tolist() == [[True, False], [False, False]]

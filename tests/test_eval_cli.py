@@ -29,21 +29,43 @@ def _coco_layout(demo_dir: Path, root: Path) -> None:
     for entry in data["images"]:
         if entry["split"] != "test":
             continue
-        shutil.copy(demo_dir / entry["filepath"] / entry["filename"], root / "coco" / "images" / "val2014" / entry["filename"])
+        shutil.copy(
+            demo_dir / entry["filepath"] / entry["filename"], root / "coco" / "images" / "val2014" / entry["filename"]
+        )
         images.append({**entry, "filepath": "val2014", "cocoid": entry["imgid"]})
     (root / "coco" / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
 
 
-def test_eval_saves_and_reuses_embeddings_and_plots(export: Path, demo_dir: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_saves_and_reuses_embeddings_and_plots(
+    export: Path, demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first, emb, plot = tmp_path / "recall.json", tmp_path / "emb.npz", tmp_path / "curve.png"
-    assert main(["eval", "--ckpt", str(export), "--dataset", str(demo_dir / "dataset_demo.json"), "--json", str(first),
-                 "--save-embeddings", str(emb), "--plot", str(plot)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--ckpt",
+                str(export),
+                "--dataset",
+                str(demo_dir / "dataset_demo.json"),
+                "--json",
+                str(first),
+                "--save-embeddings",
+                str(emb),
+                "--plot",
+                str(plot),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     report = json.loads(first.read_text())
     embeddings, info = load_embeddings(emb)
     assert embeddings.image_emb.shape == (12, 8) and embeddings.text_emb.shape == (60, 8)
-    assert report["image_to_text"] == recall_at_k(embeddings.image_emb, embeddings.text_emb, embeddings.text_image_index)["image_to_text"]
+    assert (
+        report["image_to_text"]
+        == recall_at_k(embeddings.image_emb, embeddings.text_emb, embeddings.text_image_index)["image_to_text"]
+    )
     six = [*report["image_to_text"].values(), *report["text_to_image"].values()]
     assert report["rsum"] == pytest.approx(sum(six)) and report["mean_recall"] == pytest.approx(sum(six) / 6)
     assert report["checkpoint_id"] == info["checkpoint_id"] and report["num_images"] == 12
@@ -56,11 +78,15 @@ def test_eval_saves_and_reuses_embeddings_and_plots(export: Path, demo_dir: Path
     assert {k: v for k, v in json.loads(again.read_text()).items()} == report
 
 
-def test_benchmark_names_resolve_under_the_data_root(export: Path, demo_dir: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_benchmark_names_resolve_under_the_data_root(
+    export: Path, demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _coco_layout(demo_dir, tmp_path)
     out = tmp_path / "coco.json"
-    assert main(["eval", "--ckpt", str(export), "--dataset", "coco", "--data-root", str(tmp_path), "--json", str(out)]) == 0
+    assert (
+        main(["eval", "--ckpt", str(export), "--dataset", "coco", "--data-root", str(tmp_path), "--json", str(out)])
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["num_images"] == 12 and report["dataset"] == str(tmp_path / "coco" / "dataset_coco.json")
     capsys.readouterr()

@@ -20,8 +20,13 @@ SIZE = 6
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.5)
 # (file, RGB colour, image size, number of captions): solid colours stay exact through the bicubic resize
-IMAGES = [("a.png", (255, 0, 0), (6, 6), 2), ("b.png", (0, 128, 255), (9, 5), 2), ("c.png", (10, 20, 30), (6, 6), 1),
-          ("d.png", (200, 200, 200), (3, 12), 2), ("e.png", (77, 1, 254), (6, 6), 2)]
+IMAGES = [
+    ("a.png", (255, 0, 0), (6, 6), 2),
+    ("b.png", (0, 128, 255), (9, 5), 2),
+    ("c.png", (10, 20, 30), (6, 6), 1),
+    ("d.png", (200, 200, 200), (3, 12), 2),
+    ("e.png", (77, 1, 254), (6, 6), 2),
+]
 
 
 def write_split(root: Path, corrupt: bool = False) -> list[ImageRecord]:
@@ -29,13 +34,25 @@ def write_split(root: Path, corrupt: bool = False) -> list[ImageRecord]:
     entries = []
     for imgid, (name, colour, size, n_captions) in enumerate(IMAGES):
         Image.new("RGB", size, colour).save(root / name)
-        entries.append({"filename": name, "imgid": imgid, "split": "train",
-                        "sentences": [{"raw": f"{name} caption {k}"} for k in range(n_captions)]})
+        entries.append(
+            {
+                "filename": name,
+                "imgid": imgid,
+                "split": "train",
+                "sentences": [{"raw": f"{name} caption {k}"} for k in range(n_captions)],
+            }
+        )
     if corrupt:
         Image.new("RGB", (SIZE, SIZE), (1, 2, 3)).save(root / "bad.png")
         (root / "bad.png").write_bytes((root / "bad.png").read_bytes()[:40])
-        entries.append({"filename": "bad.png", "imgid": 99, "split": "train",
-                        "sentences": [{"raw": "bad one"}, {"raw": "bad two"}]})
+        entries.append(
+            {
+                "filename": "bad.png",
+                "imgid": 99,
+                "split": "train",
+                "sentences": [{"raw": "bad one"}, {"raw": "bad two"}],
+            }
+        )
     (root / "split.json").write_text(json.dumps({"images": entries}), encoding="utf-8")
     return load_karpathy_split(root / "split.json", "train")
 
@@ -100,12 +117,15 @@ def test_corrupt_png_is_skipped_and_counted(tmp_path: Path) -> None:
     assert len(pairs_of(list(pipeline))) == 9 and skipped.total() == 4  # counted each time met
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    ({"rank": 2, "world_size": 2}, "rank: got 2 with world_size 2"),
-    ({"batch_size": 0}, "batch_size: got 0"),
-    ({"mean": (0.5, 0.5)}, "mean/std: got 2/3 values"),
-    ({"std": (1.0, 0.0, 1.0)}, "std: got [1.0, 0.0, 1.0]"),
-])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"rank": 2, "world_size": 2}, "rank: got 2 with world_size 2"),
+        ({"batch_size": 0}, "batch_size: got 0"),
+        ({"mean": (0.5, 0.5)}, "mean/std: got 2/3 values"),
+        ({"std": (1.0, 0.0, 1.0)}, "std: got [1.0, 0.0, 1.0]"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, option: dict, message: str) -> None:
     with pytest.raises(ValueError) as error:
         run(write_split(tmp_path), **option)

@@ -15,15 +15,20 @@ import torch
 from conftest import process_group_undone, tiny_overrides
 
 from mmd2v2.config import load_config
+from mmd2v2.data.augmentation import apply_crop_flip
 from mmd2v2.data.pairs import PairCollator
 from mmd2v2.losses.objective import MMD2V2Objective
-from mmd2v2.data.augmentation import apply_crop_flip
 from mmd2v2.train.feature_cache import CacheRefused, open_cache, stored_view
 from mmd2v2.train.loop import RunParts, TrainingModule, attach_cache, prepare_run
 
 ROOT = Path(__file__).parent.parent
-FROZEN = {"model.image.freeze": True, "model.text.freeze": True, "cache.encoders": True, "cache.rows_per_shard": 10,
-          "trainer.max_steps": 3}
+FROZEN = {
+    "model.image.freeze": True,
+    "model.text.freeze": True,
+    "cache.encoders": True,
+    "cache.rows_per_shard": 10,
+    "trainer.max_steps": 3,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +43,9 @@ def _parts(run: Path, demo_dir: Path, **extra: object) -> RunParts:
     return prepare_run(load_config(ROOT / "configs" / "demo.yaml", overrides), run)
 
 
-def _loss_and_grads(module: TrainingModule, batch: dict[str, torch.Tensor], teacher_cls: torch.Tensor) -> tuple[float, torch.Tensor]:
+def _loss_and_grads(
+    module: TrainingModule, batch: dict[str, torch.Tensor], teacher_cls: torch.Tensor
+) -> tuple[float, torch.Tensor]:
     module = copy.deepcopy(module)  # same weights and (empty) banks for both paths
     terms = module(**batch, teacher_cls=teacher_cls)
     terms["loss"].backward()
@@ -63,12 +70,16 @@ def test_cached_step_gives_the_uncached_loss_and_gradients(tmp_path: Path, demo_
     assert note.startswith("feature cache: teacher_cls, image_tokens, text_tokens from") and parts.teacher is None
     cached = collate([parts.data.sources[0].data[i] for i in indices])
     assert cached["pixel_values"].numel() == 0  # nothing decoded: every image-side input is cached
-    assert cached["image_tokens"].dtype == torch.float16 and cached["text_tokens"].shape[1] == plain["input_ids"].shape[1]
+    assert (
+        cached["image_tokens"].dtype == torch.float16 and cached["text_tokens"].shape[1] == plain["input_ids"].shape[1]
+    )
     for key in ("input_ids", "attention_mask", "image_ids"):
         assert torch.equal(cached[key], plain[key])
     inputs = {k: v for k, v in plain.items() if not k.startswith("num_")}
     uncached_loss, uncached_grads = _loss_and_grads(module, inputs, plain_teacher)
-    cached_inputs = {k: (v.float() if v.is_floating_point() else v) for k, v in cached.items() if not k.startswith("num_")}
+    cached_inputs = {
+        k: (v.float() if v.is_floating_point() else v) for k, v in cached.items() if not k.startswith("num_")
+    }
     cached_loss, cached_grads = _loss_and_grads(module, cached_inputs, cached_inputs.pop("teacher_cls"))
     assert cached_loss == pytest.approx(uncached_loss, rel=1e-3)
     assert (cached_grads - uncached_grads).norm() / uncached_grads.norm() < 5e-3  # fp16 storage rounding
@@ -79,27 +90,53 @@ def test_other_checkpoints_preprocessing_or_augmentation_are_refused(tmp_path: P
     run = tmp_path / "run"
     parts = _parts(run, demo_dir)
     attach_cache(parts, run, force=True)
-    for extra, difference in (({"data.image_mean": [0.4, 0.5, 0.5]}, "a different preprocessing"),
-                              ({"teacher.target": "pre_norm"}, "a different teacher.target"),
-                              ({"data.max_text_length": 24}, "a different tokenizer.max_length"),
-                              ({"cache.encoders": False}, "a different image_encoder")):
+    for extra, difference in (
+        ({"data.image_mean": [0.4, 0.5, 0.5]}, "a different preprocessing"),
+        ({"teacher.target": "pre_norm"}, "a different teacher.target"),
+        ({"data.max_text_length": 24}, "a different tokenizer.max_length"),
+        ({"cache.encoders": False}, "a different image_encoder"),
+    ):
         other = _parts(run, demo_dir, **extra)
         with pytest.raises(ValueError, match=f"cache.dir: '.*cache' was computed for {difference}"):
-            open_cache(other.config, run, other.data, other.preprocess, other.tokenizer, other.teacher, other.student,
-                       other.passes, torch.device("cpu"))
+            open_cache(
+                other.config,
+                run,
+                other.data,
+                other.preprocess,
+                other.tokenizer,
+                other.teacher,
+                other.student,
+                other.passes,
+                torch.device("cpu"),
+            )
     augmented = _parts(run, demo_dir, **{"data.hflip_prob": 0.5})
-    with pytest.raises(CacheRefused, match="cache.dir: training augmentation .* set cache.views to the augmented views"):
+    with pytest.raises(
+        CacheRefused, match="cache.dir: training augmentation .* set cache.views to the augmented views"
+    ):
         attach_cache(augmented, run)
     auto = _parts(tmp_path / "auto", demo_dir, **{"data.hflip_prob": 0.5, "cache.dir": "auto"})
     assert attach_cache(auto, tmp_path / "auto").startswith("feature cache: off (training augmentation")
     one_pass = _parts(tmp_path / "auto", demo_dir, **{"cache.dir": "auto"})
-    assert attach_cache(one_pass, tmp_path / "auto") == "feature cache: off (0.4 passes over the data; building it costs one)"
+    assert (
+        attach_cache(one_pass, tmp_path / "auto")
+        == "feature cache: off (0.4 passes over the data; building it costs one)"
+    )
 
 
 def test_cache_command_then_training_reads_it_and_an_interrupted_build_resumes(tmp_path: Path, demo_dir: Path) -> None:
     run = tmp_path / "run"
     overrides = tiny_overrides(run, demo_dir, **{**FROZEN, "cache.dir": "auto"})
-    command = [sys.executable, "-m", "mmd2v2.cli", "cache", "--config", "configs/demo.yaml", "--output-dir", str(run), *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "mmd2v2.cli",
+        "cache",
+        "--config",
+        "configs/demo.yaml",
+        "--output-dir",
+        str(run),
+        *overrides,
+    ]
     built = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     cache = run / "feature_cache"
@@ -112,18 +149,36 @@ def test_cache_command_then_training_reads_it_and_an_interrupted_build_resumes(t
     rebuilt = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rebuilt.returncode == 0 and (cache / "valid-00002.npy").is_file()
     assert (cache / "teacher_cls-00000.npy").stat().st_mtime_ns == kept  # finished shards are not recomputed
-    trained = subprocess.run([sys.executable, "train.py", "--config", "configs/demo.yaml", "--output-dir", str(run),
-                              *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    trained = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/demo.yaml", "--output-dir", str(run), *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert f"feature cache: teacher_cls, image_tokens, text_tokens from '{cache}'" in trained.stdout
     assert "built in" not in trained.stdout
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in log)
     augmented = tmp_path / "augmented"  # trainable encoders, augmentation: 2 stored views of the teacher's input
-    overrides = tiny_overrides(augmented, demo_dir, **{"cache.dir": str(augmented / "views"), "cache.views": 2,
-                                                       "data.random_crop_scale": [0.6, 1.0], "data.hflip_prob": 0.5})
-    trained = subprocess.run([sys.executable, "train.py", "--config", "configs/demo.yaml", "--output-dir", str(augmented),
-                              *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    overrides = tiny_overrides(
+        augmented,
+        demo_dir,
+        **{
+            "cache.dir": str(augmented / "views"),
+            "cache.views": 2,
+            "data.random_crop_scale": [0.6, 1.0],
+            "data.hflip_prob": 0.5,
+        },
+    )
+    trained = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/demo.yaml", "--output-dir", str(augmented), *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "feature cache: teacher_cls from" in trained.stdout and "built in" in trained.stdout
     assert json.loads((augmented / "views" / "manifest.json").read_text())["views"] == 2
@@ -131,8 +186,17 @@ def test_cache_command_then_training_reads_it_and_an_interrupted_build_resumes(t
 
 def test_augmented_training_reads_the_stored_view_of_its_epoch(tmp_path: Path, demo_dir: Path) -> None:
     run = tmp_path / "run"
-    parts = _parts(run, demo_dir, **{"data.random_crop_scale": [0.5, 1.0], "data.hflip_prob": 0.5, "cache.views": 2,
-                                     "model.image.freeze": False, "cache.encoders": False})
+    parts = _parts(
+        run,
+        demo_dir,
+        **{
+            "data.random_crop_scale": [0.5, 1.0],
+            "data.hflip_prob": 0.5,
+            "cache.views": 2,
+            "model.image.freeze": False,
+            "cache.encoders": False,
+        },
+    )
     source, teacher = parts.data.sources[0].data, parts.teacher
     assert teacher is not None
     assert attach_cache(parts, run, force=True).startswith("feature cache: teacher_cls from")

@@ -56,8 +56,9 @@ def test_temperature_is_learnable_and_clamped() -> None:
     assert set(out) == {"contrastive", "contrastive_i2t", "contrastive_t2i", "logit_scale"}
 
 
-def _reference_bank_loss(queries: torch.Tensor, keys: torch.Tensor, key_ids: list[int], row_ids: list[int],
-                         scale: float) -> float:
+def _reference_bank_loss(
+    queries: torch.Tensor, keys: torch.Tensor, key_ids: list[int], row_ids: list[int], scale: float
+) -> float:
     """Mean CE by explicit loops: row i's candidates are key i plus every key of another image."""
     total = 0.0
     for i, query in enumerate(queries):
@@ -70,7 +71,10 @@ def _reference_bank_loss(queries: torch.Tensor, keys: torch.Tensor, key_ids: lis
 def test_contrastive_memory_bank_adds_past_negatives_except_same_image() -> None:
     torch.manual_seed(0)
     loss = ContrastiveLoss(init_temperature=0.5, memory_bank_size=8, embed_dim=4)
-    first = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1), torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    first = (
+        torch.nn.functional.normalize(torch.randn(2, 4), dim=-1),
+        torch.nn.functional.normalize(torch.randn(2, 4), dim=-1),
+    )
     loss(first[0], first[1], torch.tensor([0, 1]))
     assert loss.image_bank is not None and loss.text_bank is not None
     queued_text, queued_ids = loss.text_bank.contents()
@@ -140,14 +144,17 @@ def test_contrastive_distillation_against_teacher_bank() -> None:
     assert int(kd.bank.count) == 2
     # second step: image 1 again and a new image 2; the bank's entry for image 1 is excluded for row 0
     teacher2 = torch.tensor([[0.0, 1.0], [0.6, 0.8]])
-    out2 = kd(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.6, 0.8]]), teacher2, torch.tensor([1, 2]))
+    out2 = kd(
+        torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.6, 0.8]]), teacher2, torch.tensor([1, 2])
+    )
     keys = torch.cat([teacher2, teacher])
     image_ref = _reference_bank_loss(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), keys, [1, 2, 0, 1], [1, 2], 1.0)
     text_ref = _reference_bank_loss(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), keys, [1, 2, 0, 1], [1, 2], 1.0)
     assert out2["kd_image"].item() == pytest.approx(image_ref, rel=1e-6)
     assert out2["kd_text"].item() == pytest.approx(text_ref, rel=1e-6)
     assert ContrastiveDistillation(2, 4, init_temperature=1e-4)(teacher, teacher, teacher, torch.tensor([0, 1]))[
-        "kd_logit_scale"].item() == pytest.approx(100.0)
+        "kd_logit_scale"
+    ].item() == pytest.approx(100.0)
 
 
 def test_contrastive_distillation_masks_duplicate_images_and_trains_only_the_student_side() -> None:
@@ -171,19 +178,24 @@ def test_contrastive_distillation_masks_duplicate_images_and_trains_only_the_stu
 def test_objective_kd_is_the_mean_of_the_image_and_text_terms(kind: str) -> None:
     from mmd2v2.config import LossConfig
     from mmd2v2.losses.objective import MMD2V2Objective
-    from mmd2v2.models.mmd2v2 import ModalityOutput
+    from mmd2v2.models.dual_encoder import ModalityOutput
 
     # one definition for every kind: kd = ½ (image term + text term), and the total adds kd_weight × kd
-    objective = MMD2V2Objective(LossConfig(contrastive_weight=0.0, kd_kind=kind, kd_weight=3.0, kd_init_temperature=1.0),
-                                embed_dim=2, teacher_dim=2)
+    objective = MMD2V2Objective(
+        LossConfig(contrastive_weight=0.0, kd_kind=kind, kd_weight=3.0, kd_init_temperature=1.0),
+        embed_dim=2,
+        teacher_dim=2,
+    )
     teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     image = ModalityOutput(torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
     text = ModalityOutput(torch.zeros(2, 2), torch.tensor([[0.0, 2.0], [0.0, 1.0]]))
     out = objective(image, text, teacher, torch.tensor([0, 1]))
     by_hand = {  # image rows vs teacher: [0, 0] and [1, 1] apart; text rows: [1, 2] and [0, 0]
-        "mse": ((0 + 0 + 1 + 1) / 4, (1 + 4 + 0 + 0) / 4), "l1": ((0 + 0 + 1 + 1) / 4, (1 + 2 + 0 + 0) / 4),
+        "mse": ((0 + 0 + 1 + 1) / 4, (1 + 4 + 0 + 0) / 4),
+        "l1": ((0 + 0 + 1 + 1) / 4, (1 + 2 + 0 + 0) / 4),
         "cosine": ((0 + 1) / 2, (1 + 0) / 2),
-        "contrastive": ((ce([1, 0], 0) + ce([1, 0], 1)) / 2, (ce([0, 1], 0) + ce([0, 1], 1)) / 2)}[kind]
+        "contrastive": ((ce([1, 0], 0) + ce([1, 0], 1)) / 2, (ce([0, 1], 0) + ce([0, 1], 1)) / 2),
+    }[kind]
     assert out["kd_image"].item() == pytest.approx(by_hand[0], rel=1e-6)
     assert out["kd_text"].item() == pytest.approx(by_hand[1], rel=1e-6)
     assert out["kd"].item() == pytest.approx((by_hand[0] + by_hand[1]) / 2, rel=1e-6)

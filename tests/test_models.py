@@ -8,25 +8,35 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TEXT, TINY_VISION
-
 from transformers import AutoConfig, AutoModel
 
 from mmd2v2.config import ConfigError, EncoderConfig, ModelConfig, SharedConfig, TeacherConfig, load_config
-from mmd2v2.models.mmd2v2 import MMD2V2
+from mmd2v2.models.dual_encoder import DualEncoder
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.models.unimodal import FAMILIES, UnimodalEncoder, block_list
 from mmd2v2.train.preflight import check_run_config
 
-EXTRA = {"beit": {"use_relative_position_bias": True, "layer_scale_init_value": 0.1},
-         "data2vec-vision": {"use_relative_position_bias": True, "layer_scale_init_value": 0.1},
-         "dinov2": {"layerscale_value": 0.5}, "dinov2_with_registers": {"layerscale_value": 0.5, "num_register_tokens": 2}}
+EXTRA = {
+    "beit": {"use_relative_position_bias": True, "layer_scale_init_value": 0.1},
+    "data2vec-vision": {"use_relative_position_bias": True, "layer_scale_init_value": 0.1},
+    "dinov2": {"layerscale_value": 0.5},
+    "dinov2_with_registers": {"layerscale_value": 0.5, "num_register_tokens": 2},
+}
 # (family, HF model type): every named family, and `auto` resolving model types that have no named family
 CASES = [(name, spec.config_class.model_type) for name, spec in sorted(FAMILIES.items())] + [
-    ("auto", "dinov2_with_registers"), ("auto", "dinov3_vit"), ("auto", "clip_vision_model"), ("auto", "electra")]
+    ("auto", "dinov2_with_registers"),
+    ("auto", "dinov3_vit"),
+    ("auto", "clip_vision_model"),
+    ("auto", "electra"),
+]
 
 
 def _modality(model_type: str) -> str:
-    return "image" if model_type.startswith(("vit", "beit", "data2vec-vision", "data2vec2-vision", "dinov", "clip_vision")) else "text"
+    return (
+        "image"
+        if model_type.startswith(("vit", "beit", "data2vec-vision", "data2vec2-vision", "dinov", "clip_vision"))
+        else "text"
+    )
 
 
 def _full_model(model_type: str, folder: Path) -> torch.nn.Module:
@@ -54,7 +64,9 @@ def test_truncation_equals_full_model_hidden_state(family: str, model_type: str,
     inputs = _inputs(modality)
     with torch.no_grad():
         reference = full(**inputs, output_hidden_states=True).hidden_states[2]  # after block 2 of 3
-        encoder = UnimodalEncoder(EncoderConfig(family=family, pretrained=str(tmp_path), num_blocks=2), modality, "m").eval()
+        encoder = UnimodalEncoder(
+            EncoderConfig(family=family, pretrained=str(tmp_path), num_blocks=2), modality, "m"
+        ).eval()
         output = encoder(*inputs.values())
     assert len(block_list(encoder.model)) == 2 and encoder.width == 32
     torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
@@ -64,7 +76,9 @@ def test_truncation_equals_full_model_hidden_state(family: str, model_type: str,
 def test_architecture_rebuilds_the_encoder_without_its_folder(model_type: str, tmp_path: Path) -> None:
     _full_model(model_type, tmp_path)
     modality = _modality(model_type)
-    encoder = UnimodalEncoder(EncoderConfig(family="auto", pretrained=str(tmp_path), num_blocks=2), modality, "m").eval()
+    encoder = UnimodalEncoder(
+        EncoderConfig(family="auto", pretrained=str(tmp_path), num_blocks=2), modality, "m"
+    ).eval()
     rebuilt = UnimodalEncoder(encoder.architecture, modality, "m").eval()
     rebuilt.load_state_dict(encoder.state_dict())
     inputs = _inputs(modality)
@@ -106,12 +120,15 @@ def test_bad_family_and_block_count_name_the_key() -> None:
         UnimodalEncoder(EncoderConfig(family="vit", pretrained="/no/such/folder"), "image", "model.image")
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({}, "model.image.config.model_type: missing"),
-    ({"model_type": "no-such-type"}, "model.image.config.model_type: unknown HF model type 'no-such-type'"),
-    ({"model_type": "bert"}, "model.image.family: model type 'bert' is not supported .expected an image encoder"),
-    ({"model_type": "convnext"}, "model.image.family: ConvNextModel is not supported"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "model.image.config.model_type: missing"),
+        ({"model_type": "no-such-type"}, "model.image.config.model_type: unknown HF model type 'no-such-type'"),
+        ({"model_type": "bert"}, "model.image.family: model type 'bert' is not supported .expected an image encoder"),
+        ({"model_type": "convnext"}, "model.image.family: ConvNextModel is not supported"),
+    ],
+)
 def test_auto_family_refuses_what_it_cannot_encode(config: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as error:
         UnimodalEncoder(EncoderConfig(family="auto", config=config), "image", "model.image")
@@ -119,7 +136,9 @@ def test_auto_family_refuses_what_it_cannot_encode(config: dict[str, object], me
 
 
 def test_preflight_accepts_auto_and_timm_and_a_timm_teacher_needs_the_extra() -> None:
-    config = load_config(None, ["model.image.family=timm", "model.text.family=auto", "teacher.family=auto", "data.demo=true"])
+    config = load_config(
+        None, ["model.image.family=timm", "model.text.family=auto", "teacher.family=auto", "data.demo=true"]
+    )
     check_run_config(config)
     if importlib.util.find_spec("timm") is None:  # the timm extra's own tests cover the timm teacher
         with pytest.raises(ImportError, match=r"family 'timm' needs the optional extra: pip install 'mmd2v2\[timm\]'"):
@@ -132,19 +151,25 @@ def test_auto_family_refuses_a_folder_without_model_type(tmp_path: Path) -> None
         UnimodalEncoder(EncoderConfig(family="auto", pretrained=str(tmp_path)), "text", "model.text")
 
 
-
 def test_family_refuses_a_folder_of_another_model_type(tmp_path: Path) -> None:
     _full_model("data2vec-vision", tmp_path)  # data2vec 1.0 weights would not fill a data2vec 2.0 model
-    with pytest.raises(ConfigError, match="model.image.family: '.*' holds a 'data2vec-vision' model, family "
-                                          "'data2vec2-vision' loads 'data2vec2-vision' .set family: auto"):
+    with pytest.raises(
+        ConfigError,
+        match="model.image.family: '.*' holds a 'data2vec-vision' model, family "
+        "'data2vec2-vision' loads 'data2vec2-vision' .set family: auto",
+    ):
         UnimodalEncoder(EncoderConfig(family="data2vec2-vision", pretrained=str(tmp_path)), "image", "model.image")
 
-def _tiny_student(teacher_dim: int | None = 24) -> MMD2V2:
+
+def _tiny_student(teacher_dim: int | None = 24) -> DualEncoder:
     torch.manual_seed(0)
-    cfg = ModelConfig(image=EncoderConfig(family="data2vec-vision", config=TINY_VISION),
-                      text=EncoderConfig(family="roberta", config=TINY_TEXT),
-                      shared=SharedConfig(depth=2, width=48, heads=4, layer_scale_init=0.2), embed_dim=16)
-    return MMD2V2(cfg, teacher_dim=teacher_dim).eval()
+    cfg = ModelConfig(
+        image=EncoderConfig(family="data2vec-vision", config=TINY_VISION),
+        text=EncoderConfig(family="roberta", config=TINY_TEXT),
+        shared=SharedConfig(depth=2, width=48, heads=4, layer_scale_init=0.2),
+        embed_dim=16,
+    )
+    return DualEncoder(cfg, teacher_dim=teacher_dim).eval()
 
 
 def test_student_embeddings_are_normalised_and_padding_invariant() -> None:
@@ -162,8 +187,9 @@ def test_student_embeddings_are_normalised_and_padding_invariant() -> None:
 
 
 def test_teacher_is_frozen_and_always_in_eval_mode() -> None:
-    teacher = ImageTeacher(TeacherConfig(family="beit", config={**TINY_VISION, "drop_path_rate": 0.5,
-                                                               "use_mean_pooling": False}))
+    teacher = ImageTeacher(
+        TeacherConfig(family="beit", config={**TINY_VISION, "drop_path_rate": 0.5, "use_mean_pooling": False})
+    )
     teacher.train()
     assert not teacher.model.training
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -171,7 +197,9 @@ def test_teacher_is_frozen_and_always_in_eval_mode() -> None:
     first, second = teacher(pixels), teacher(pixels)
     assert first.shape == (2, 32) and not first.requires_grad
     torch.testing.assert_close(first, second)  # no stochastic depth / dropout
-    pre = ImageTeacher(TeacherConfig(family="beit", target="pre_norm", config={**TINY_VISION, "use_mean_pooling": False}))
+    pre = ImageTeacher(
+        TeacherConfig(family="beit", target="pre_norm", config={**TINY_VISION, "use_mean_pooling": False})
+    )
     pre.load_state_dict(teacher.state_dict())
     assert not torch.allclose(pre(pixels), first)  # before vs after the final LayerNorm
     torch.testing.assert_close(teacher(pixels.bfloat16()), first, rtol=0.05, atol=0.05)  # a bf16 engine's input
@@ -180,17 +208,23 @@ def test_teacher_is_frozen_and_always_in_eval_mode() -> None:
 def test_checkpoint_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
     _full_model("vit", tmp_path / "vit")
     config = EncoderConfig(family="vit", pretrained=str(tmp_path / "vit"), config={"intermediate_size": 96})
-    with pytest.raises(ConfigError, match=r"model.image.pretrained: tensor '.*fc1.*' has shape \(64,.*the config makes \(96,") as error:
+    with pytest.raises(
+        ConfigError, match=r"model.image.pretrained: tensor '.*fc1.*' has shape \(64,.*the config makes \(96,"
+    ) as error:
         UnimodalEncoder(config, "image", "model.image")
     assert "\n" not in str(error.value)
 
 
 def test_activation_checkpointing_recomputes_the_same_gradients() -> None:
-    cfg = ModelConfig(image=EncoderConfig(family="vit", config=TINY_VISION), text=EncoderConfig(family="bert", config=TINY_TEXT),
-                      shared=SharedConfig(depth=2, width=48, heads=4, layer_scale_init=0.2), embed_dim=16)
+    cfg = ModelConfig(
+        image=EncoderConfig(family="vit", config=TINY_VISION),
+        text=EncoderConfig(family="bert", config=TINY_TEXT),
+        shared=SharedConfig(depth=2, width=48, heads=4, layer_scale_init=0.2),
+        embed_dim=16,
+    )
     torch.manual_seed(0)
-    plain = MMD2V2(cfg, teacher_dim=24).train()
-    recomputed = MMD2V2(cfg, teacher_dim=24).train()
+    plain = DualEncoder(cfg, teacher_dim=24).train()
+    recomputed = DualEncoder(cfg, teacher_dim=24).train()
     recomputed.load_state_dict(plain.state_dict())
     assert recomputed.enable_activation_checkpointing() == ["shared", "image_encoder", "text_encoder"]
     inputs = _inputs("image")["pixel_values"], *_inputs("text").values()
@@ -204,7 +238,7 @@ def test_activation_checkpointing_recomputes_the_same_gradients() -> None:
 
 
 def test_centred_tokens_subtract_the_mean_of_real_tokens_only() -> None:
-    from mmd2v2.models.mmd2v2 import centred
+    from mmd2v2.models.dual_encoder import centred
 
     tokens = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [100.0, 100.0]]])
     padding = torch.tensor([[False, False, True]])

@@ -15,9 +15,14 @@ from transformers import BertConfig, BertModel, BitImageProcessorPil, ViTConfig,
 
 from mmd2v2.config import Config, DataConfig, EncoderConfig, ModelConfig, load_config
 from mmd2v2.data.pairs import PairCollator, PairSample
-from mmd2v2.data.preprocessing import DEFAULTS, ImagePreprocessor, image_batches, loader_workers, resolve_image_preprocessing
-from mmd2v2.data.tokenization import build_word_tokenizer
-from mmd2v2.data.tokenization import prepare_tokenizer
+from mmd2v2.data.preprocessing import (
+    DEFAULTS,
+    ImagePreprocessor,
+    image_batches,
+    loader_workers,
+    resolve_image_preprocessing,
+)
+from mmd2v2.data.tokenization import build_word_tokenizer, prepare_tokenizer
 from mmd2v2.train.loop import _to_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +43,9 @@ def test_preprocessor_resizes_with_its_resample_and_normalises() -> None:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
     for resample in ("bilinear", "bicubic", "lanczos"):
         resized = np.asarray(image.resize((12, 12), Image.Resampling[resample.upper()]), dtype=np.float32) / 255.0
-        expected = torch.from_numpy(((resized.transpose(2, 0, 1) - np.array([0.5, 0.4, 0.3]).reshape(3, 1, 1)) / 0.2)
-                                    .astype(np.float32))
+        expected = torch.from_numpy(
+            ((resized.transpose(2, 0, 1) - np.array([0.5, 0.4, 0.3]).reshape(3, 1, 1)) / 0.2).astype(np.float32)
+        )
         old = ImagePreprocessor(12, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], resample, fast=False)(image)
         torch.testing.assert_close(old, expected)  # the old path: PIL's pixels
         fast = ImagePreprocessor(12, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], resample)(image)
@@ -49,15 +55,34 @@ def test_preprocessor_resizes_with_its_resample_and_normalises() -> None:
 
 
 def test_settings_come_from_the_encoders_processor_config(tmp_path: Path) -> None:
-    processor = BitImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 36, "width": 36}, do_center_crop=True,
-                                     resample=Image.Resampling.BILINEAR, image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6])
+    processor = BitImageProcessorPil(
+        size={"shortest_edge": 40},
+        crop_size={"height": 36, "width": 36},
+        do_center_crop=True,
+        resample=Image.Resampling.BILINEAR,
+        image_mean=[0.1, 0.2, 0.3],
+        image_std=[0.4, 0.5, 0.6],
+    )
     folder = _image_encoder_folder(tmp_path, processor)
     for family in ("vit", "auto"):
         preprocess = resolve_image_preprocessing(_config(EncoderConfig(family=family, pretrained=folder)))
-        assert preprocess.to_dict() == {"size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "resample": "bilinear",
-                                         "fast": True}
-    explicit = resolve_image_preprocessing(_config(EncoderConfig(pretrained=folder), image_size=24, image_mean=[0.5] * 3))
-    assert explicit.to_dict() == {"size": 24, "mean": [0.5] * 3, "std": [0.4, 0.5, 0.6], "resample": "bilinear", "fast": True}
+        assert preprocess.to_dict() == {
+            "size": 36,
+            "mean": [0.1, 0.2, 0.3],
+            "std": [0.4, 0.5, 0.6],
+            "resample": "bilinear",
+            "fast": True,
+        }
+    explicit = resolve_image_preprocessing(
+        _config(EncoderConfig(pretrained=folder), image_size=24, image_mean=[0.5] * 3)
+    )
+    assert explicit.to_dict() == {
+        "size": 24,
+        "mean": [0.5] * 3,
+        "std": [0.4, 0.5, 0.6],
+        "resample": "bilinear",
+        "fast": True,
+    }
 
 
 def test_without_a_processor_config_the_encoders_image_size_and_imagenet_statistics(tmp_path: Path) -> None:
@@ -70,22 +95,32 @@ def test_without_a_processor_config_the_encoders_image_size_and_imagenet_statist
 
 def test_demo_config_keeps_its_explicit_preprocessing() -> None:
     preprocess = resolve_image_preprocessing(load_config(ROOT / "configs" / "demo.yaml"))
-    assert preprocess.to_dict() == {"size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "resample": "bicubic", "fast": True}
+    assert preprocess.to_dict() == {
+        "size": 64,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "resample": "bicubic",
+        "fast": True,
+    }
     assert not resolve_image_preprocessing(load_config(ROOT / "configs" / "demo.yaml", ["data.fast_decode=false"])).fast
 
 
 def test_exported_settings_round_trip_and_old_files_are_bicubic_on_the_old_path() -> None:
     for fast in (True, False):
         preprocess = ImagePreprocessor(36, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], "bilinear", fast)
-        assert ImagePreprocessor.from_dict(json.loads(json.dumps(preprocess.to_dict()))).to_dict() == preprocess.to_dict()
+        assert (
+            ImagePreprocessor.from_dict(json.loads(json.dumps(preprocess.to_dict()))).to_dict() == preprocess.to_dict()
+        )
     old = ImagePreprocessor.from_dict({"size": 36, "mean": [0.5] * 3, "std": [0.5] * 3})
     assert old.resample == "bicubic" and not old.fast
 
 
 def test_tokenizer_comes_from_the_text_encoder_folder_and_honours_max_text_length(tmp_path: Path) -> None:
-    words = "a red circle left of the blue square".split()
+    words = ["a", "red", "circle", "left", "of", "the", "blue", "square"]
     tokenizer = build_word_tokenizer(words)
-    BertModel(BertConfig(**{**TINY_TEXT, "vocab_size": len(tokenizer)}), add_pooling_layer=False).save_pretrained(tmp_path)
+    BertModel(BertConfig(**{**TINY_TEXT, "vocab_size": len(tokenizer)}), add_pooling_layer=False).save_pretrained(
+        tmp_path
+    )
     tokenizer.save_pretrained(tmp_path)
     text = EncoderConfig(family="bert", pretrained=str(tmp_path))
     config = Config(model=ModelConfig(text=text), data=DataConfig(max_text_length=5))
@@ -119,13 +154,17 @@ def test_host_keeps_uint8_and_the_step_normalises_exactly_as_the_float_path(tmp_
     old = []  # the float32 host path this replaces: decode every pixel, resize, normalise with NumPy
     for path in paths:
         array = np.asarray(Image.open(path).convert("RGB").resize((16, 16), Image.Resampling.BICUBIC), np.float32)
-        old.append((array.transpose(2, 0, 1) / 255.0 - np.array([0.5, 0.4, 0.3], np.float32).reshape(3, 1, 1))
-                   / np.array([0.2, 0.3, 0.25], np.float32).reshape(3, 1, 1))
+        old.append(
+            (array.transpose(2, 0, 1) / 255.0 - np.array([0.5, 0.4, 0.3], np.float32).reshape(3, 1, 1))
+            / np.array([0.2, 0.3, 0.25], np.float32).reshape(3, 1, 1)
+        )
     assert torch.equal(on_device["pixel_values"], torch.from_numpy(np.stack(old)))  # bit for bit
     assert torch.equal(on_device["pixel_values"][0], preprocess.load(paths[0]))
     fast = ImagePreprocessor(30, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25])
     square = _photo(tmp_path / "square.png", (30, 30))  # a PNG at the model's size, like the demo's: nothing to resize
-    assert torch.equal(fast.decode(square), ImagePreprocessor.from_dict({**fast.to_dict(), "fast": False}).decode(square))
+    assert torch.equal(
+        fast.decode(square), ImagePreprocessor.from_dict({**fast.to_dict(), "fast": False}).decode(square)
+    )
 
 
 def test_fast_path_decodes_jpegs_at_reduced_scale_close_to_every_pixel(tmp_path: Path) -> None:

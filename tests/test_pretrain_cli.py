@@ -17,20 +17,41 @@ from mmd2v2.data.demo_scenes import generate_scene, render
 from mmd2v2.models.unimodal import UnimodalEncoder
 
 ROOT = Path(__file__).parent.parent
-TINY_IMAGE = ["model.config.image_size=32", "model.config.patch_size=8", "model.config.hidden_size=32",
-              "model.config.num_hidden_layers=3", "model.config.num_attention_heads=2", "model.config.intermediate_size=64",
-              "data.image_size=32", "objective.average_top_k_layers=2", "objective.decoder_dim=16",
-              "objective.decoder_groups=4", "objective.clone_batch=2"]
-TINY_TEXT = ["model.config.hidden_size=32", "model.config.num_hidden_layers=3", "model.config.num_attention_heads=2",
-             "model.config.intermediate_size=64", "objective.average_top_k_layers=2", "objective.decoder_dim=16",
-             "objective.clone_batch=2"]
-STEPS = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.micro_batch_size=8", "trainer.log_every=1",
-         "trainer.progress_bar=false"]
+TINY_IMAGE = [
+    "model.config.image_size=32",
+    "model.config.patch_size=8",
+    "model.config.hidden_size=32",
+    "model.config.num_hidden_layers=3",
+    "model.config.num_attention_heads=2",
+    "model.config.intermediate_size=64",
+    "data.image_size=32",
+    "objective.average_top_k_layers=2",
+    "objective.decoder_dim=16",
+    "objective.decoder_groups=4",
+    "objective.clone_batch=2",
+]
+TINY_TEXT = [
+    "model.config.hidden_size=32",
+    "model.config.num_hidden_layers=3",
+    "model.config.num_attention_heads=2",
+    "model.config.intermediate_size=64",
+    "objective.average_top_k_layers=2",
+    "objective.decoder_dim=16",
+    "objective.clone_batch=2",
+]
+STEPS = [
+    "trainer.max_steps=4",
+    "trainer.checkpoint_every=2",
+    "trainer.micro_batch_size=8",
+    "trainer.log_every=1",
+    "trainer.progress_bar=false",
+]
 
 
 def _pretrain(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mmd2v2.cli", "pretrain", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mmd2v2.cli", "pretrain", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +71,16 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
     run = tmp_path_factory.mktemp("runs") / "image"
-    result = _pretrain("--config", "configs/pretrain_demo_image.yaml", "--output-dir", str(run), "data.demo_unpaired=false",
-                       f"data.images={image_folder}", *TINY_IMAGE, *STEPS)
+    result = _pretrain(
+        "--config",
+        "configs/pretrain_demo_image.yaml",
+        "--output-dir",
+        str(run),
+        "data.demo_unpaired=false",
+        f"data.images={image_folder}",
+        *TINY_IMAGE,
+        *STEPS,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped files (not decodable as images): 3" in result.stdout
     return run
@@ -67,8 +96,11 @@ def test_image_run_writes_an_hf_folder_that_encoders_and_teachers_load(image_run
     assert [r["step"] for r in log] == [1, 2, 3, 4] and {"regression", "cls", "loss", "ema_decay"} <= set(log[0])
     assert list((image_run / "tb").glob("events.out.tfevents.*"))
     # load → truncate to 2 blocks → freeze all but the top one, as model.image.pretrained does
-    encoder = UnimodalEncoder(EncoderConfig(family="data2vec2-vision", pretrained=str(model), num_blocks=2, freeze=True,
-                                            unfreeze_top=1), "image", "model.image")
+    encoder = UnimodalEncoder(
+        EncoderConfig(family="data2vec2-vision", pretrained=str(model), num_blocks=2, freeze=True, unfreeze_top=1),
+        "image",
+        "model.image",
+    )
     saved = load_file(model / "model.safetensors")
     loaded = encoder.model.state_dict()
     assert torch.equal(loaded["encoder.layer.1.output.dense.weight"], saved["encoder.layer.1.output.dense.weight"])
@@ -79,25 +111,43 @@ def test_image_run_writes_an_hf_folder_that_encoders_and_teachers_load(image_run
 
 
 def test_finished_run_is_reused_and_other_configs_are_refused(image_run: Path, image_folder: Path) -> None:
-    args = ["--config", "configs/pretrain_demo_image.yaml", "--output-dir", str(image_run), "data.demo_unpaired=false",
-            f"data.images={image_folder}", *TINY_IMAGE, *STEPS]
+    args = [
+        "--config",
+        "configs/pretrain_demo_image.yaml",
+        "--output-dir",
+        str(image_run),
+        "data.demo_unpaired=false",
+        f"data.images={image_folder}",
+        *TINY_IMAGE,
+        *STEPS,
+    ]
     again = _pretrain(*args)
     assert again.returncode == 0 and "already pretrained with this config" in again.stdout
     other = _pretrain(*args, "objective.mask_prob=0.5")
     assert other.returncode == 2
     assert other.stderr.strip().splitlines() == [
         f"error: '{image_run}' holds a pretraining run with another config (key 'objective.mask_prob' differs): "
-        "use another --output-dir or delete the folder"]
+        "use another --output-dir or delete the folder"
+    ]
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(image_run: Path, image_folder: Path,
-                                                                    tmp_path: Path) -> None:
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
+    image_run: Path, image_folder: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "killed"
     shutil.copytree(image_run, run)
     shutil.rmtree(run / "checkpoints" / "step_00000004")  # as if killed after the step-2 checkpoint
     shutil.rmtree(run / "model")
-    args = ["--config", "configs/pretrain_demo_image.yaml", "--output-dir", str(run), "data.demo_unpaired=false",
-            f"data.images={image_folder}", *TINY_IMAGE, *STEPS]
+    args = [
+        "--config",
+        "configs/pretrain_demo_image.yaml",
+        "--output-dir",
+        str(run),
+        "data.demo_unpaired=false",
+        f"data.images={image_folder}",
+        *TINY_IMAGE,
+        *STEPS,
+    ]
     refused = _pretrain(*args)
     assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
     resumed = _pretrain(*args, "--resume")
@@ -113,29 +163,52 @@ def test_text_run_drops_bad_lines_and_saves_its_tokenizer(tmp_path: Path) -> Non
     lines = [c for i in range(8) for c in generate_scene(0, "unpaired_captions", i).captions]
     captions.write_bytes("\n".join(lines[:20]).encode() + b"\n\n\xff\xfe not utf-8\n" + "\n".join(lines[20:]).encode())
     run = tmp_path / "text"
-    result = _pretrain("--config", "configs/pretrain_demo_text.yaml", "--output-dir", str(run), "data.demo_unpaired=false",
-                       f"data.texts={captions}", *TINY_TEXT, *STEPS)
+    result = _pretrain(
+        "--config",
+        "configs/pretrain_demo_text.yaml",
+        "--output-dir",
+        str(run),
+        "data.demo_unpaired=false",
+        f"data.texts={captions}",
+        *TINY_TEXT,
+        *STEPS,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "40 captions (2 lines dropped: empty or not UTF-8)" in result.stdout
     model = run / "model"
     assert json.loads((model / "pretrain.json").read_text())["dropped_lines"] == 2
     assert (model / "tokenizer.json").is_file()
-    encoder = UnimodalEncoder(EncoderConfig(family="data2vec-text", pretrained=str(model), num_blocks=1, freeze=True),
-                              "text", "model.text")
+    encoder = UnimodalEncoder(
+        EncoderConfig(family="data2vec-text", pretrained=str(model), num_blocks=1, freeze=True), "text", "model.text"
+    )
     assert encoder.fully_frozen and encoder(torch.tensor([[2, 5, 3]])).shape == (1, 3, 32)
 
 
 def test_bad_model_folders_are_refused_in_one_line(image_run: Path, image_folder: Path, tmp_path: Path) -> None:
-    common = ["--config", "configs/pretrain_demo_text.yaml", "--output-dir", str(tmp_path / "x"), "data.demo_unpaired=false",
-              f"data.texts={ROOT / 'README.md'}", *STEPS]
+    common = [
+        "--config",
+        "configs/pretrain_demo_text.yaml",
+        "--output-dir",
+        str(tmp_path / "x"),
+        "data.demo_unpaired=false",
+        f"data.texts={ROOT / 'README.md'}",
+        *STEPS,
+    ]
     wrong = _pretrain(*common, f"model.pretrained={image_run / 'model'}")
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
     assert "holds a 'data2vec2-vision' model, family 'data2vec-text' loads 'data2vec-text'" in wrong.stderr
     missing = _pretrain(*common, f"model.pretrained={tmp_path / 'nowhere'}")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "nowhere" in missing.stderr
-    no_folder = _pretrain("--config", "configs/pretrain_demo_image.yaml", "--output-dir", str(tmp_path / "y"),
-                          "data.demo_unpaired=false", f"data.images={tmp_path / 'none'}", *STEPS)
+    no_folder = _pretrain(
+        "--config",
+        "configs/pretrain_demo_image.yaml",
+        "--output-dir",
+        str(tmp_path / "y"),
+        "data.demo_unpaired=false",
+        f"data.images={tmp_path / 'none'}",
+        *STEPS,
+    )
     assert no_folder.returncode == 2
     assert no_folder.stderr.strip() == f"error: config key 'data.images': '{tmp_path / 'none'}' is not a folder"
 
@@ -148,7 +221,17 @@ def test_every_shipped_pretraining_config_starts(config: str, image_folder: Path
     captions.write_text("\n".join(c for i in range(4) for c in generate_scene(0, "unpaired_captions", i).captions))
     data = [f"data.images={image_folder}"] if modality == "image" else [f"data.texts={captions}"]
     tiny = TINY_IMAGE if modality == "image" else TINY_TEXT
-    result = _pretrain("--config", f"configs/{config}", "--output-dir", str(tmp_path / "run"), "data.demo_unpaired=false",
-                       *data, *tiny, "trainer.max_steps=2", "trainer.micro_batch_size=4", "trainer.progress_bar=false")
+    result = _pretrain(
+        "--config",
+        f"configs/{config}",
+        "--output-dir",
+        str(tmp_path / "run"),
+        "data.demo_unpaired=false",
+        *data,
+        *tiny,
+        "trainer.max_steps=2",
+        "trainer.micro_batch_size=4",
+        "trainer.progress_bar=false",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

@@ -33,8 +33,11 @@ def test_inverse_block_mask_keeps_exactly_the_share_and_shows_blocks() -> None:
     lonely = 0
     for sample in grid:
         for r, c in zip(*np.nonzero(sample), strict=True):
-            neighbours = [sample[rr, cc] for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1))
-                          if 0 <= rr < 6 and 0 <= cc < 6]
+            neighbours = [
+                sample[rr, cc]
+                for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1))
+                if 0 <= rr < 6 and 0 <= cc < 6
+            ]
             lonely += not any(neighbours)
     assert lonely < 0.2 * grid.sum()
 
@@ -46,8 +49,12 @@ def test_inverse_block_mask_is_reproducible_from_the_seed() -> None:
 
 
 def test_span_mask_masks_only_valid_positions() -> None:
-    valid = torch.tensor([[False, True, True, True, True, True, True, True, True, True, True, False],
-                          [False, True, True, True, False, False, False, False, False, False, False, False]])
+    valid = torch.tensor(
+        [
+            [False, True, True, True, True, True, True, True, True, True, True, False],
+            [False, True, True, True, False, False, False, False, False, False, False, False],
+        ]
+    )
     mask = span_mask(valid, 0.5, 1, np.random.default_rng(0))
     assert not (mask & ~valid).any()
     assert mask[0].sum() == 5 and mask[1].sum() == 2  # round(0.5 * 10), round(0.5 * 3)
@@ -91,8 +98,16 @@ def test_ema_decay_schedule_and_update() -> None:
 
 def _tiny_image_encoder() -> Data2Vec2VisionModel:
     torch.manual_seed(0)
-    return Data2Vec2VisionModel(Data2Vec2VisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3,
-                                                      num_attention_heads=2, intermediate_size=64))
+    return Data2Vec2VisionModel(
+        Data2Vec2VisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
 
 
 def test_teacher_targets_are_the_averaged_normalised_feed_forward_outputs() -> None:
@@ -108,7 +123,9 @@ def test_teacher_targets_are_the_averaged_normalised_feed_forward_outputs() -> N
         attended = layer.attention(hidden)
         ffn.append(layer.output.dense(torch.nn.functional.gelu(layer.intermediate.dense(attended)))[:, 1:])
         hidden = layer(hidden)
-    normed = [(y - y.mean(1, keepdim=True)) / torch.sqrt(y.var(1, unbiased=False, keepdim=True) + 1e-5) for y in ffn[-2:]]
+    normed = [
+        (y - y.mean(1, keepdim=True)) / torch.sqrt(y.var(1, unbiased=False, keepdim=True) + 1e-5) for y in ffn[-2:]
+    ]
     assert torch.allclose(target, (normed[0] + normed[1]) / 2, atol=1e-4)
     raw = ((ffn[-2] + ffn[-1]) / 2).mean(1)
     assert torch.allclose(cls_target, torch.nn.functional.layer_norm(raw - raw.mean(0), (32,)), atol=1e-4)
@@ -134,7 +151,7 @@ def test_student_loss_is_the_regression_at_masked_patches_plus_cls() -> None:
     changed = pixels.clone()
     patch = int(mask[0].nonzero()[0])
     row, col = divmod(patch, 4)
-    changed[0, :, row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] += 5
+    changed[0, :, row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] += 5
     torch.manual_seed(1)
     assert torch.allclose(student(changed, mask, targets, cls_target=cls)["cls"], first)
 
@@ -143,9 +160,18 @@ def test_mlm_objective_is_cross_entropy_of_the_masked_tokens() -> None:
     from transformers import Data2VecTextConfig, Data2VecTextModel
 
     torch.manual_seed(0)
-    encoder = Data2VecTextModel(Data2VecTextConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                                   intermediate_size=32, hidden_dropout_prob=0.0,
-                                                   attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+    encoder = Data2VecTextModel(
+        Data2VecTextConfig(
+            vocab_size=20,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
+        add_pooling_layer=False,
+    )
     student = Data2Vec2Student(encoder, "text", Data2Vec2Config(kind="mlm"))
     ids = torch.tensor([[2, 5, 6, 7, 3]])
     mask = torch.tensor([[False, True, False, True, False]])

@@ -30,12 +30,18 @@ def test_hand_worked_example() -> None:
     assert i2t.tolist() == [0, 1, 1] and t2i.tolist() == [0, 1, 1, 0, 1]
     # R@k = share of ranks < k: i2t 1/3, 3/3, 3/3; t2i 2/5, 4/5, 5/5
     recalls = recall_at_k(IMAGES, TEXTS, OWNER, ks=(1, 2, 3))
-    assert list(recalls) == ["image_to_text", "text_to_image"] and list(recalls["text_to_image"]) == ["R@1", "R@2", "R@3"]
+    assert list(recalls) == ["image_to_text", "text_to_image"] and list(recalls["text_to_image"]) == [
+        "R@1",
+        "R@2",
+        "R@3",
+    ]
     assert recalls["image_to_text"] == pytest.approx({"R@1": 100 / 3, "R@2": 100.0, "R@3": 100.0})
     assert recalls["text_to_image"] == pytest.approx({"R@1": 40.0, "R@2": 80.0, "R@3": 100.0})
 
 
-def _random_set(seed: int, images: int = 200, per_image: int = 5, dim: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _random_set(
+    seed: int, images: int = 200, per_image: int = 5, dim: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(images, dim)).astype(np.float32)
     owner = np.repeat(np.arange(images), per_image)
@@ -134,18 +140,21 @@ def test_uneven_captions_blocking_tensors_and_curve() -> None:
         assert curve["text_to_image"][k - 1] == recalls["text_to_image"][f"R@{k}"]
 
 
-@pytest.mark.parametrize(("images", "texts", "owner", "message"), [
-    (IMAGES, np.ones((2, 3), np.float32), [0, 1], "embedding dims differ"),
-    (IMAGES, TEXTS, [0, 1], "text_image_index has 2 entries for 5 texts"),
-    (IMAGES, TEXTS, [0, 0, 1, 2, 3], r"values must lie in \[0, 2\]"),
-    (IMAGES, TEXTS, [0, 0, 1, 2, -1], r"values must lie in \[0, 2\]"),
-    (IMAGES, TEXTS, [0.0, 0.0, 1.0, 2.0, 2.0], "expected a 1-D integer array"),
-    (IMAGES, TEXTS, [0, 0, 1, 1, 1], "every image needs at least one caption"),
-    (IMAGES, np.full((5, 2), np.nan, np.float32), OWNER, "text_emb: contains NaN or infinite"),
-    (np.full((3, 2), np.inf, np.float32), TEXTS, OWNER, "image_emb: contains NaN or infinite"),
-    (IMAGES, np.zeros((0, 2), np.float32), [], "text_emb: expected a non-empty"),
-    (np.zeros((0, 2), np.float32), TEXTS, OWNER, "image_emb: expected a non-empty"),
-])
+@pytest.mark.parametrize(
+    ("images", "texts", "owner", "message"),
+    [
+        (IMAGES, np.ones((2, 3), np.float32), [0, 1], "embedding dims differ"),
+        (IMAGES, TEXTS, [0, 1], "text_image_index has 2 entries for 5 texts"),
+        (IMAGES, TEXTS, [0, 0, 1, 2, 3], r"values must lie in \[0, 2\]"),
+        (IMAGES, TEXTS, [0, 0, 1, 2, -1], r"values must lie in \[0, 2\]"),
+        (IMAGES, TEXTS, [0.0, 0.0, 1.0, 2.0, 2.0], "expected a 1-D integer array"),
+        (IMAGES, TEXTS, [0, 0, 1, 1, 1], "every image needs at least one caption"),
+        (IMAGES, np.full((5, 2), np.nan, np.float32), OWNER, "text_emb: contains NaN or infinite"),
+        (np.full((3, 2), np.inf, np.float32), TEXTS, OWNER, "image_emb: contains NaN or infinite"),
+        (IMAGES, np.zeros((0, 2), np.float32), [], "text_emb: expected a non-empty"),
+        (np.zeros((0, 2), np.float32), TEXTS, OWNER, "image_emb: expected a non-empty"),
+    ],
+)
 def test_bad_inputs_raise_one_line(images: np.ndarray, texts: np.ndarray, owner: list[int], message: str) -> None:
     with pytest.raises(ValueError, match=message) as error:
         recall_at_k(images, texts, np.asarray(owner))

@@ -25,8 +25,9 @@ PRE = ImagePreprocessor(8, [0.5] * 3, [0.5] * 3)
 
 def test_flickr30k_layout_without_filepath_or_ids(tmp_path: Path) -> None:
     path = write_flickr30k(tmp_path, 4)
-    data = load_training_data([SourceConfig(kind="karpathy", path=str(path), image_root=str(tmp_path / "flickr30k-images"))],
-                              PRE, seed=0)
+    data = load_training_data(
+        [SourceConfig(kind="karpathy", path=str(path), image_root=str(tmp_path / "flickr30k-images"))], PRE, seed=0
+    )
     dataset = data.sources[0].data
     assert len(dataset) == 6 and not data.streaming and data.dropped.total() == 0
     assert all(dataset[i].pixel_values is not None for i in range(6))
@@ -37,8 +38,16 @@ def test_coco_layout_counts_empty_captions_and_keeps_restval(tmp_path: Path) -> 
     images = []
     for index, (split, folder) in enumerate([("train", "train2014"), ("restval", "val2014"), ("test", "val2014")]):
         write_png(tmp_path / folder / f"COCO_{index}.jpg", index)
-        images.append({"filepath": folder, "filename": f"COCO_{index}.jpg", "imgid": index, "split": split, "cocoid": index,
-                       "sentences": [{"raw": f"photo {index}"}, {"raw": " "}]})
+        images.append(
+            {
+                "filepath": folder,
+                "filename": f"COCO_{index}.jpg",
+                "imgid": index,
+                "split": split,
+                "cocoid": index,
+                "sentences": [{"raw": f"photo {index}"}, {"raw": " "}],
+            }
+        )
     images.append({"filepath": "train2014", "filename": "none.jpg", "split": "train", "sentences": [{"raw": ""}]})
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"images": images}))
@@ -66,8 +75,15 @@ def test_tables_group_rows_by_image_and_drop_bad_rows(tmp_path: Path, suffix: st
     for index in range(3):
         write_png(tmp_path / "img" / f"{index}.png", index)
     absolute = str(write_png(tmp_path / "elsewhere" / "abs.png", 9))
-    rows = [("0.png", "a cat"), ("1.png", "a dog"), ("0.png", "a cat, again"), (absolute, "absolute path"),
-            ("2.png", "   "), ("http://example.com/x.jpg", "never downloaded"), ("missing.png", "no file")]
+    rows = [
+        ("0.png", "a cat"),
+        ("1.png", "a dog"),
+        ("0.png", "a cat, again"),
+        (absolute, "absolute path"),
+        ("2.png", "   "),
+        ("http://example.com/x.jpg", "never downloaded"),
+        ("missing.png", "no file"),
+    ]
     path = tmp_path / f"pairs{suffix}"
     _write_table(path, rows)
     dropped = Dropped()
@@ -86,8 +102,10 @@ def test_a_row_that_is_not_utf8_is_dropped_and_located(tmp_path: Path, suffix: s
     if suffix == ".csv":
         path.write_bytes(b"image_path,caption\n0.png,fine\n0.png,caf\xe9 latin-1\n0.png,also fine\n")
     else:
-        path.write_bytes(b'{"image_path": "0.png", "caption": "fine"}\n{"image_path": "0.png", "caption": "caf\xe9"}\n'
-                         b'{broken json\n{"image_path": "0.png", "caption": "also fine"}\n')
+        path.write_bytes(
+            b'{"image_path": "0.png", "caption": "fine"}\n{"image_path": "0.png", "caption": "caf\xe9"}\n'
+            b'{broken json\n{"image_path": "0.png", "caption": "also fine"}\n'
+        )
     dropped = Dropped()
     records = load_table(path, "image_path", "caption", dropped=dropped)
     assert records[0].captions == ("fine", "also fine")
@@ -117,33 +135,52 @@ def test_urls_resolve_to_an_img2dataset_download_folder(tmp_path: Path) -> None:
     out = tmp_path / "cc3m"
     write_png(out / "00000" / "000000000.jpg", 1)
     write_png(out / "00000" / "000000002.jpg", 2)
-    pq.write_table(pa.table({"url": ["http://a/1.jpg", "http://a/2.jpg", "http://a/3.jpg"],
-                             "key": ["000000000", "000000001", "000000002"],
-                             "status": ["success", "failed_to_download", "success"]}), out / "00000.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "url": ["http://a/1.jpg", "http://a/2.jpg", "http://a/3.jpg"],
+                "key": ["000000000", "000000001", "000000002"],
+                "status": ["success", "failed_to_download", "success"],
+            }
+        ),
+        out / "00000.parquet",
+    )
     table = tmp_path / "cc3m.tsv"
     table.write_text("url\tcaption\nhttp://a/1.jpg\tone\nhttp://a/2.jpg\ttwo\nhttp://a/3.jpg\tthree\n")
     dropped = Dropped()
     records = load_table(table, "url", "caption", img2dataset_dir=out, dropped=dropped)
-    assert [(r.path, r.captions) for r in records] == [(out / "00000" / "000000000.jpg", ("one",)),
-                                                       (out / "00000" / "000000002.jpg", ("three",))]
+    assert [(r.path, r.captions) for r in records] == [
+        (out / "00000" / "000000000.jpg", ("one",)),
+        (out / "00000" / "000000002.jpg", ("three",)),
+    ]
     assert dropped.counts == Counter({"URL not downloaded": 1})
 
 
 def _save_hf(tmp_path: Path, captions: list[object], images: list[bytes]) -> Path:
     import datasets
 
-    features = datasets.Features({"image": datasets.Image(), "text": datasets.Sequence(datasets.Value("string"))
-                                  if isinstance(captions[0], list) else datasets.Value("string")})
-    dataset = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "text": captions},
-                                         features=features)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "text": datasets.Sequence(datasets.Value("string"))
+            if isinstance(captions[0], list)
+            else datasets.Value("string"),
+        }
+    )
+    dataset = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": None} for b in images], "text": captions}, features=features
+    )
     datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "hf"))
     return tmp_path / "hf"
 
 
 def test_hf_dataset_with_caption_lists_and_a_broken_image(tmp_path: Path) -> None:
-    folder = _save_hf(tmp_path, [["one", "uno"], ["two", " "], ["three"]], [png_bytes(1), png_bytes(2), b"\x89PNG broken"])
-    data = load_training_data([SourceConfig(kind="hf", path=str(folder), image_column="image", caption_column="text")],
-                              PRE, seed=0)
+    folder = _save_hf(
+        tmp_path, [["one", "uno"], ["two", " "], ["three"]], [png_bytes(1), png_bytes(2), b"\x89PNG broken"]
+    )
+    data = load_training_data(
+        [SourceConfig(kind="hf", path=str(folder), image_column="image", caption_column="text")], PRE, seed=0
+    )
     dataset = data.sources[0].data
     assert data.captions == ["one", "uno", "two", "three"] and data.dropped.total() == 1
     samples = [dataset[i] for i in range(len(dataset))]
@@ -153,11 +190,14 @@ def test_hf_dataset_with_caption_lists_and_a_broken_image(tmp_path: Path) -> Non
 
 def test_hf_dataset_errors_name_the_column(tmp_path: Path) -> None:
     folder = _save_hf(tmp_path, ["one"], [png_bytes(1)])
-    for source, message in [(SourceConfig(kind="hf", path=str(folder), caption_column="caption"), "no column 'caption'"),
-                            (SourceConfig(kind="hf", path=str(folder), image_column="text", caption_column="text"),
-                             "column 'text' is .*expected an Image"),
-                            (SourceConfig(kind="hf", path=str(folder), split="validation", caption_column="text"),
-                             "no split 'validation'")]:
+    for source, message in [
+        (SourceConfig(kind="hf", path=str(folder), caption_column="caption"), "no column 'caption'"),
+        (
+            SourceConfig(kind="hf", path=str(folder), image_column="text", caption_column="text"),
+            "column 'text' is .*expected an Image",
+        ),
+        (SourceConfig(kind="hf", path=str(folder), split="validation", caption_column="text"), "no split 'validation'"),
+    ]:
         with pytest.raises(ValueError, match=message):
             load_training_data([source], PRE, seed=0)
 
@@ -195,27 +235,34 @@ def test_mixed_stream_is_deterministic_weighted_and_resumes_exactly() -> None:
     first_epoch_a = [i for i in full if i >> 40 == 0][:50]
     assert sorted(first_epoch_a) == list(range(50))  # every sample of a source once per epoch
     resumed = [s.image_id for s in MixedPairStream(sources, 4, 0, 1, 0, seed=3, start_batch=37, total_batches=100)]
-    assert resumed == full[37 * 4:]
+    assert resumed == full[37 * 4 :]
 
 
 def test_collator_counts_bad_captions_and_truncations() -> None:
     tokenizer = build_word_tokenizer(["a", "b"])
-    samples = [PairSample(torch.zeros(3, 2, 2), "a b a b a b", 0), PairSample(torch.zeros(3, 2, 2), "a", 1),
-               PairSample(None, None, 2), PairSample(None, "a", 3)]
+    samples = [
+        PairSample(torch.zeros(3, 2, 2), "a b a b a b", 0),
+        PairSample(torch.zeros(3, 2, 2), "a", 1),
+        PairSample(None, None, 2),
+        PairSample(None, "a", 3),
+    ]
     batch = PairCollator(tokenizer, 4)(samples)
     assert (int(batch["num_skipped"]), int(batch["num_bad_captions"]), int(batch["num_truncated"])) == (1, 1, 1)
     assert batch["input_ids"].shape == (2, 4)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("data.sources=[{kind: csv, path: a}]", "'data.sources[0].kind': got 'csv'"),
-    ("data.sources=[{kind: table}]", "'data.sources[0].path': must be set"),
-    ("data.sources=[{kind: table, path: a, weight: -1}]", "'data.sources[0].weight': got -1.0"),
-    ("data.sources=[{kind: table, path: a, colum: x}]", "unknown config key 'data.sources[0].colum'"),
-    ("data.sources=[{kind: table, path: [a, b]}]", "a list of paths is only for kind webdataset"),
-    ("data.sources=[{kind: webdataset, path: a, caption_key: html}]", "'data.sources[0].caption_key': got 'html'"),
-    ("data.sources=[7]", "'data.sources[0]': got 7, expected a mapping"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.sources=[{kind: csv, path: a}]", "'data.sources[0].kind': got 'csv'"),
+        ("data.sources=[{kind: table}]", "'data.sources[0].path': must be set"),
+        ("data.sources=[{kind: table, path: a, weight: -1}]", "'data.sources[0].weight': got -1.0"),
+        ("data.sources=[{kind: table, path: a, colum: x}]", "unknown config key 'data.sources[0].colum'"),
+        ("data.sources=[{kind: table, path: [a, b]}]", "a list of paths is only for kind webdataset"),
+        ("data.sources=[{kind: webdataset, path: a, caption_key: html}]", "'data.sources[0].caption_key': got 'html'"),
+        ("data.sources=[7]", "'data.sources[0]': got 7, expected a mapping"),
+    ],
+)
 def test_bad_source_config_is_one_line(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as info:
         config_from_dict({}, [override])
@@ -226,11 +273,23 @@ def test_sources_and_evaluation_split_resolution(tmp_path: Path) -> None:
     config = config_from_dict({"data": {"demo": True, "demo_dir": "d"}})
     assert configured_sources(config.data)[0].path == str(Path("d") / "dataset_demo.json")
     assert resolve_dataset(config) == (Path("d") / "dataset_demo.json", None)
-    config = config_from_dict({"data": {"sources": [{"kind": "table", "path": "t.csv"},
-                                                    {"kind": "karpathy", "path": "coco.json", "image_root": "coco"}]}})
+    config = config_from_dict(
+        {
+            "data": {
+                "sources": [
+                    {"kind": "table", "path": "t.csv"},
+                    {"kind": "karpathy", "path": "coco.json", "image_root": "coco"},
+                ]
+            }
+        }
+    )
     assert resolve_dataset(config) == (Path("coco.json"), Path("coco"))
-    config = config_from_dict({"data": {"sources": [{"kind": "table", "path": "t.csv"}], "karpathy_json": "k.json"},
-                               "eval": {"karpathy_json": "f30k.json", "image_root": "imgs"}})
+    config = config_from_dict(
+        {
+            "data": {"sources": [{"kind": "table", "path": "t.csv"}], "karpathy_json": "k.json"},
+            "eval": {"karpathy_json": "f30k.json", "image_root": "imgs"},
+        }
+    )
     assert resolve_dataset(config) == (Path("f30k.json"), Path("imgs"))
     assert [s.kind for s in configured_sources(config.data)] == ["table"]
     with pytest.raises(ValueError, match="set eval.karpathy_json"):

@@ -21,8 +21,8 @@ from timm.data import resolve_data_config  # noqa: E402
 from mmd2v2.config import Config, ConfigError, DataConfig, EncoderConfig, ModelConfig, SharedConfig  # noqa: E402
 from mmd2v2.data.preprocessing import resolve_image_preprocessing  # noqa: E402
 from mmd2v2.data.tokenization import build_word_tokenizer  # noqa: E402
-from mmd2v2.models.mmd2v2 import MMD2V2  # noqa: E402
-from mmd2v2.models.pretrained import load_pretrained, save_pretrained  # noqa: E402
+from mmd2v2.models.dual_encoder import DualEncoder  # noqa: E402
+from mmd2v2.models.exported import load_export, save_export  # noqa: E402
 from mmd2v2.models.unimodal import UnimodalEncoder, block_list  # noqa: E402
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
@@ -39,7 +39,9 @@ def _weights_file(name: str, tmp_path: Path) -> tuple[torch.nn.Module, Path]:
 
 
 def _encoder(name: str, weights: Path | None = None, **fields: object) -> UnimodalEncoder:
-    cfg = EncoderConfig(family="timm", pretrained=str(weights) if weights else None, config={"name": name, **TINY}, **fields)
+    cfg = EncoderConfig(
+        family="timm", pretrained=str(weights) if weights else None, config={"name": name, **TINY}, **fields
+    )
     return UnimodalEncoder(cfg, "image", "model.image")
 
 
@@ -88,32 +90,59 @@ def test_preprocessing_comes_from_timms_pretrained_config() -> None:
 def test_export_rebuilds_the_timm_encoder_without_its_weights_file(tmp_path: Path) -> None:
     _, weights = _weights_file("eva02_tiny_patch14_224", tmp_path)
     tokenizer = build_word_tokenizer(["a", "red", "circle"])
-    image = EncoderConfig(family="timm", pretrained=str(weights), config={"name": "eva02_tiny_patch14_224", **TINY}, num_blocks=2)
+    image = EncoderConfig(
+        family="timm", pretrained=str(weights), config={"name": "eva02_tiny_patch14_224", **TINY}, num_blocks=2
+    )
     text = EncoderConfig(family="bert", config={**TINY_TEXT, "vocab_size": len(tokenizer)})
-    config = Config(model=ModelConfig(image=image, text=text, shared=SharedConfig(depth=1, width=32, heads=2), embed_dim=8))
+    config = Config(
+        model=ModelConfig(image=image, text=text, shared=SharedConfig(depth=1, width=32, heads=2), embed_dim=8)
+    )
     torch.manual_seed(0)
-    model = MMD2V2(config.model).eval()
-    folder = save_pretrained(model, config, tokenizer, resolve_image_preprocessing(config), tmp_path / "export", {})
+    model = DualEncoder(config.model).eval()
+    folder = save_export(model, config, tokenizer, resolve_image_preprocessing(config), tmp_path / "export", {})
     weights.unlink()
-    bundle = load_pretrained(folder)
+    bundle = load_export(folder)
     pixels = torch.randn(2, 3, 32, 32)
     assert torch.equal(bundle.model.encode_images(pixels), model.encode_images(pixels))
     assert bundle.config.model.image.pretrained is None and bundle.preprocess.resample == "bicubic"
 
 
-@pytest.mark.parametrize(("cfg", "modality", "message"), [
-    (EncoderConfig(family="timm", config={"name": "no_such_model"}), "image", "model.image.config.name: unknown timm model"),
-    (EncoderConfig(family="timm"), "image", "model.image.config.name: missing"),
-    (EncoderConfig(family="timm", pretrained="vit_no_such_model"), "image", "model.image.pretrained: unknown timm model"),
-    (EncoderConfig(family="timm", pretrained="/no/such.safetensors", config={"name": "vit_tiny_patch16_224"}), "image",
-     "model.image.pretrained: '/no/such.safetensors' is not a file"),
-    (EncoderConfig(family="timm", config={"name": "resnet18"}), "image",
-     "model.image.config.name: timm model 'resnet18' is not supported"),
-    (EncoderConfig(family="timm", config={"name": "vit_tiny_patch16_224", **TINY}, num_blocks=4), "image",
-     "model.image.num_blocks: got 4, the model has 3 blocks"),
-    (EncoderConfig(family="timm", config={"name": "vit_tiny_patch16_224"}), "text",
-     "model.image.family: 'timm' provides image encoders only"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "modality", "message"),
+    [
+        (
+            EncoderConfig(family="timm", config={"name": "no_such_model"}),
+            "image",
+            "model.image.config.name: unknown timm model",
+        ),
+        (EncoderConfig(family="timm"), "image", "model.image.config.name: missing"),
+        (
+            EncoderConfig(family="timm", pretrained="vit_no_such_model"),
+            "image",
+            "model.image.pretrained: unknown timm model",
+        ),
+        (
+            EncoderConfig(family="timm", pretrained="/no/such.safetensors", config={"name": "vit_tiny_patch16_224"}),
+            "image",
+            "model.image.pretrained: '/no/such.safetensors' is not a file",
+        ),
+        (
+            EncoderConfig(family="timm", config={"name": "resnet18"}),
+            "image",
+            "model.image.config.name: timm model 'resnet18' is not supported",
+        ),
+        (
+            EncoderConfig(family="timm", config={"name": "vit_tiny_patch16_224", **TINY}, num_blocks=4),
+            "image",
+            "model.image.num_blocks: got 4, the model has 3 blocks",
+        ),
+        (
+            EncoderConfig(family="timm", config={"name": "vit_tiny_patch16_224"}),
+            "text",
+            "model.image.family: 'timm' provides image encoders only",
+        ),
+    ],
+)
 def test_bad_timm_sections_name_the_key(cfg: EncoderConfig, modality: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         UnimodalEncoder(cfg, modality, "model.image")
@@ -121,15 +150,21 @@ def test_bad_timm_sections_name_the_key(cfg: EncoderConfig, modality: str, messa
 
 def test_weights_file_must_match_the_architecture(tmp_path: Path) -> None:
     _, weights = _weights_file("vit_tiny_patch16_224", tmp_path)
-    cfg = EncoderConfig(family="timm", pretrained=str(weights), config={"name": "vit_tiny_patch16_224", **TINY, "embed_dim": 64})
+    cfg = EncoderConfig(
+        family="timm", pretrained=str(weights), config={"name": "vit_tiny_patch16_224", **TINY, "embed_dim": 64}
+    )
     with pytest.raises(ConfigError, match="model.image.pretrained: cannot load"):
         UnimodalEncoder(cfg, "image", "model.image")
 
 
 def test_core_modules_do_not_import_timm() -> None:
-    code = ("import sys; sys.path.insert(0, 'tests'); from torchvision_ops import register_missing_torchvision_ops as r; r(); "
-            "import mmd2v2.models.pretrained, mmd2v2.data.preprocessing; assert 'timm' not in sys.modules, 'timm imported'")
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from torchvision_ops import register_missing_torchvision_ops as r; r(); "
+        "import mmd2v2.models.exported, mmd2v2.data.preprocessing; assert 'timm' not in sys.modules, 'timm imported'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-500:]
 
 
@@ -163,8 +198,10 @@ def test_timm_teacher_gives_the_cls_after_or_before_the_final_norm(tmp_path: Pat
     with torch.no_grad():
         post_norm = full.forward_features(pixels)[:, 0]
     config = {"name": "beitv2_base_patch16_224", **TINY}
-    teachers = {target: ImageTeacher(TeacherConfig(family="timm", pretrained=str(weights), config=config, target=target))
-                for target in ("post_norm", "pre_norm")}
+    teachers = {
+        target: ImageTeacher(TeacherConfig(family="timm", pretrained=str(weights), config=config, target=target))
+        for target in ("post_norm", "pre_norm")
+    }
     assert teachers["post_norm"].dim == 32 and teachers["post_norm"].image_size == 32
     torch.testing.assert_close(teachers["post_norm"](pixels), post_norm, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(teachers["pre_norm"](pixels), last_block[0][:, 0], rtol=1e-5, atol=1e-5)

@@ -31,8 +31,14 @@ STOCHASTIC = {"model.image.config.drop_path_rate": 0.2, "data.random_crop_scale"
 def trained_run(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
     """A 4-step run of configs/demo.yaml shrunk to tiny sizes, through train.py."""
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    result = _run("train.py", "--config", "configs/demo.yaml", "--output-dir", str(run),
-                  *tiny_overrides(run, demo_dir, **STOCHASTIC))
+    result = _run(
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        "--output-dir",
+        str(run),
+        *tiny_overrides(run, demo_dir, **STOCHASTIC),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "image→text" in result.stdout and "skipped training samples (undecodable images): 0" in result.stdout
     return run
@@ -45,8 +51,18 @@ def test_training_writes_run_folder(trained_run: Path) -> None:
     assert list((trained_run / "tb").glob("events.out.tfevents.*"))
     log = [json.loads(line) for line in (trained_run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
-    assert {"loss", "contrastive", "contrastive_i2t", "contrastive_t2i", "kd", "kd_image", "kd_text", "logit_scale",
-            "lr", "samples_per_s"} <= set(log[0])
+    assert {
+        "loss",
+        "contrastive",
+        "contrastive_i2t",
+        "contrastive_t2i",
+        "kd",
+        "kd_image",
+        "kd_text",
+        "logit_scale",
+        "lr",
+        "samples_per_s",
+    } <= set(log[0])
     assert abs(log[0]["logit_scale"] - 1 / 0.07) < 0.1
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(metrics["image_to_text"]) == {"R@1", "R@5", "R@10"} and metrics["num_images"] == 12
@@ -68,8 +84,15 @@ def test_resume_after_stop_repeats_the_same_losses(trained_run: Path, demo_dir: 
     shutil.rmtree(run / "checkpoints" / "step_00000004")  # as if killed after step 2's checkpoint
     (run / "checkpoints" / "step_00000003").mkdir()  # and mid-way through writing step 3's
     (run / "train_log.jsonl").write_text("")
-    result = _run("train.py", "--config", "configs/demo.yaml", "--output-dir", str(run), "--resume",
-                  *tiny_overrides(run, demo_dir, **STOCHASTIC))
+    result = _run(
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        "--output-dir",
+        str(run),
+        "--resume",
+        *tiny_overrides(run, demo_dir, **STOCHASTIC),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from step_00000002 (step 2)" in result.stdout
     resumed, original = _losses(run), _losses(trained_run)
@@ -78,11 +101,14 @@ def test_resume_after_stop_repeats_the_same_losses(trained_run: Path, demo_dir: 
         assert resumed[step] == pytest.approx(original[step], rel=1e-6, abs=1e-7)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["trainer.max_stepz=3"], "unknown config key 'trainer.max_stepz'"),
-    (["model.image.family=resnet"], "model.image.family: unknown image model family 'resnet'"),
-    (["data.karpathy_json=/no/such/dataset.json", "data.demo=false"], "'/no/such/dataset.json' does not exist"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trainer.max_stepz=3"], "unknown config key 'trainer.max_stepz'"),
+        (["model.image.family=resnet"], "model.image.family: unknown image model family 'resnet'"),
+        (["data.karpathy_json=/no/such/dataset.json", "data.demo=false"], "'/no/such/dataset.json' does not exist"),
+    ],
+)
 def test_bad_input_fails_at_once_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     result = _run("train.py", "--config", "configs/demo.yaml", "--output-dir", str(tmp_path / "r"), *args)
     assert result.returncode == 2
@@ -101,8 +127,14 @@ def test_undecodable_training_images_are_skipped_counted_and_reported(demo_dir: 
     for path in broken:
         path.write_bytes(b"\x89PNG truncated")
     run = tmp_path / "run"
-    result = _run("train.py", "--config", "configs/demo.yaml", "--output-dir", str(run),
-                  *tiny_overrides(run, data, **{"trainer.checkpoint_every": 100}))
+    result = _run(
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        "--output-dir",
+        str(run),
+        *tiny_overrides(run, data, **{"trainer.checkpoint_every": 100}),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     skipped = json.loads((run / "metrics.json").read_text())["skipped_train_samples"]
     assert skipped > 0
@@ -111,11 +143,26 @@ def test_undecodable_training_images_are_skipped_counted_and_reported(demo_dir: 
 
 def test_zero2_accumulation_and_contrastive_distillation(demo_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "z2"
-    result = _run("train.py", "--config", "configs/demo.yaml", "--output-dir", str(run),
-                  *tiny_overrides(run, demo_dir, **{"deepspeed.zero_stage": 2,
-                                                   "deepspeed.gradient_accumulation_steps": 2, "trainer.micro_batch_size": 8,
-                                                   "loss.kd_kind": "contrastive", "loss.kd_bank_size": 32,
-                                                   "trainer.max_steps": 3, "trainer.checkpoint_every": 100}))
+    result = _run(
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        "--output-dir",
+        str(run),
+        *tiny_overrides(
+            run,
+            demo_dir,
+            **{
+                "deepspeed.zero_stage": 2,
+                "deepspeed.gradient_accumulation_steps": 2,
+                "trainer.micro_batch_size": 8,
+                "loss.kd_kind": "contrastive",
+                "loss.kd_bank_size": 32,
+                "trainer.max_steps": 3,
+                "trainer.checkpoint_every": 100,
+            },
+        ),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]

@@ -21,7 +21,7 @@ from mmd2v2.vl.tasks.base import LoadedSplit, VLExample
 from mmd2v2.vl.teachers import CLIPTeacher, build_teachers
 from mmd2v2.vl.zero_shot import ZeroShotScorer
 
-WORDS = "what color is the square red green blue it at top left a".split()
+WORDS = ["what", "color", "is", "the", "square", "red", "green", "blue", "it", "at", "top", "left", "a"]
 STUDENT = ImagePreprocessor(16, [0.5] * 3, [0.25] * 3)  # the student's input: another size and normalisation
 
 
@@ -38,7 +38,9 @@ def _clip_pixels(student_pixels: torch.Tensor) -> torch.Tensor:
 
 
 def test_clip_v_and_clip_t_features_are_clips_projected_image_and_eos_embeddings(clip_dir: Path) -> None:
-    teacher = CLIPTeacher(TeacherSpec(kind="hf", family="clip", pretrained=str(clip_dir)), "teachers.vision", STUDENT, 96)
+    teacher = CLIPTeacher(
+        TeacherSpec(kind="hf", family="clip", pretrained=str(clip_dir)), "teachers.vision", STUDENT, 96
+    )
     reference = CLIPModel.from_pretrained(str(clip_dir)).eval()
     assert teacher.dim == 16 and teacher.max_length == 48  # CLIP-T reads at most its 48 positions
     pixels = torch.randn(2, 3, 16, 16)
@@ -51,7 +53,9 @@ def test_clip_v_and_clip_t_features_are_clips_projected_image_and_eos_embeddings
         text = reference.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
         assert torch.allclose(features.cls, text.pooler_output, atol=1e-5)
         # the pooled state is the eos ([SEP]) token's: position 6 of text 0 ([CLS] + 5 words), 5 of text 1
-        states = reference.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        states = reference.text_model(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+        ).last_hidden_state
         eos = reference.text_projection(states[[0, 1], [6, 5]])
         assert torch.allclose(features.cls, eos, atol=1e-5)
         # one word per token here: word w of text 0 is its token w + 1, projected
@@ -60,18 +64,33 @@ def test_clip_v_and_clip_t_features_are_clips_projected_image_and_eos_embeddings
 
 
 def _vcr_task() -> TaskData:
-    example = VLExample("a q2a", "a", "img", Path("img.png"), tuple(f"what color is the square {c}" for c in
-                                                                    ("red", "green", "blue", "it")), 0,
-                        mode="q2a", prompts=("red", "green", "blue", "it"))
+    example = VLExample(
+        "a q2a",
+        "a",
+        "img",
+        Path("img.png"),
+        tuple(f"what color is the square {c}" for c in ("red", "green", "blue", "it")),
+        0,
+        mode="q2a",
+        prompts=("red", "green", "blue", "it"),
+    )
     return TaskData("vcr", LoadedSplit([example], {}), LoadedSplit([example], {}), ["0", "1", "2", "3"], 1, 4)
 
 
 @pytest.mark.parametrize("prompt", ["ia", "iqa"])
 def test_zero_shot_logits_for_confidence_weighting_are_clips_logits_with_ia_or_iqa_prompts(
-        clip_dir: Path, prompt: str) -> None:
-    cfg = load_vl_config(None, ["teachers.vision.kind=hf", "teachers.vision.family=clip",
-                                f"teachers.vision.pretrained={clip_dir}", "distill.confidence_weighting=true",
-                                f"teachers.zero_shot_prompt={prompt}"])
+    clip_dir: Path, prompt: str
+) -> None:
+    cfg = load_vl_config(
+        None,
+        [
+            "teachers.vision.kind=hf",
+            "teachers.vision.family=clip",
+            f"teachers.vision.pretrained={clip_dir}",
+            "distill.confidence_weighting=true",
+            f"teachers.zero_shot_prompt={prompt}",
+        ],
+    )
     teachers = build_teachers(cfg.teachers, STUDENT, 32, need_vision=True, need_text=False, need_logits=True)
     assert teachers.dual is teachers.vision and isinstance(teachers.dual, CLIPTeacher)  # one CLIP, loaded once
     task = _vcr_task()
@@ -83,15 +102,23 @@ def test_zero_shot_logits_for_confidence_weighting_are_clips_logits_with_ia_or_i
     reference = CLIPModel.from_pretrained(str(clip_dir)).eval()
     tokens = load_tokenizer(clip_dir)(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        expected = reference(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                             pixel_values=_clip_pixels(pixels)).logits_per_image  # exp(logit_scale) = 100 x cosine
+        expected = reference(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=_clip_pixels(pixels)
+        ).logits_per_image  # exp(logit_scale) = 100 x cosine
         assert torch.allclose(scorer.logits(batch), expected, atol=1e-4)
 
 
 def test_vqa_confidence_logits_come_from_a_clip_zero_shot_teacher_beside_other_teachers(clip_dir: Path) -> None:
-    cfg = load_vl_config(None, ["teachers.vision.kind=hf", "teachers.vision.family=beit",
-                                "teachers.zero_shot.kind=hf", f"teachers.zero_shot.pretrained={clip_dir}",
-                                "distill.confidence_weighting=true"])
+    cfg = load_vl_config(
+        None,
+        [
+            "teachers.vision.kind=hf",
+            "teachers.vision.family=beit",
+            "teachers.zero_shot.kind=hf",
+            f"teachers.zero_shot.pretrained={clip_dir}",
+            "distill.confidence_weighting=true",
+        ],
+    )
     teachers = build_teachers(cfg.teachers, STUDENT, 32, need_vision=False, need_text=False, need_logits=True)
     assert isinstance(teachers.dual, CLIPTeacher) and teachers.vision is None
     answers = ["red", "green", "blue"]
@@ -102,6 +129,7 @@ def test_vqa_confidence_logits_come_from_a_clip_zero_shot_teacher_beside_other_t
     reference = CLIPModel.from_pretrained(str(clip_dir)).eval()
     tokens = load_tokenizer(clip_dir)(answers, padding=True, return_tensors="pt")
     with torch.no_grad():
-        expected = reference(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                             pixel_values=_clip_pixels(pixels)).logits_per_image  # the IA prompt: image vs answers
+        expected = reference(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=_clip_pixels(pixels)
+        ).logits_per_image  # the IA prompt: image vs answers
         assert torch.allclose(ZeroShotScorer(teachers.dual, task, 100.0).logits(batch), expected, atol=1e-4)

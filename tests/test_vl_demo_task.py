@@ -9,10 +9,17 @@ from mmd2v2.data.demo_scenes import Scene, SceneObject, generate_scene
 from mmd2v2.vl.demo_task import _object_facts, demo_vcr_record
 
 # a large red circle at the top left, a small blue square at the top right, a small red cross in the center
-SCENE = Scene(objects=(SceneObject("red", "circle", "large", 0, 0, 0.0, 0.0),
-                       SceneObject("blue", "square", "small", 0, 2, 0.0, 0.0),
-                       SceneObject("red", "cross", "small", 1, 1, 0.0, 0.0)),
-              captions=("",) * 5, background=128, shades=((0, 0, 0),) * 3, noise_seed=0)
+SCENE = Scene(
+    objects=(
+        SceneObject("red", "circle", "large", 0, 0, 0.0, 0.0),
+        SceneObject("blue", "square", "small", 0, 2, 0.0, 0.0),
+        SceneObject("red", "cross", "small", 1, 1, 0.0, 0.0),
+    ),
+    captions=("",) * 5,
+    background=128,
+    shades=((0, 0, 0),) * 3,
+    noise_seed=0,
+)
 
 
 def _words(tokens: list[object]) -> str:
@@ -21,12 +28,28 @@ def _words(tokens: list[object]) -> str:
 
 def test_facts_about_an_object_by_hand() -> None:
     true, false = _object_facts(SCENE, 0)
-    assert sorted(map(_words, true)) == sorted(["<0> is large", "<0> is to the left of <1>", "<0> is to the left of <2>",
-                                                "<0> is above <2>", "<0> is one of two red shapes"])
-    assert sorted(map(_words, false)) == sorted([
-        "<0> is small", "<0> is to the right of <1>", "<0> is above <1>", "<0> is below <1>",
-        "<0> is to the right of <2>", "<0> is below <2>", "<0> is the only red shape", "<0> is one of three red shapes",
-        "<0> is one of four red shapes"])
+    assert sorted(map(_words, true)) == sorted(
+        [
+            "<0> is large",
+            "<0> is to the left of <1>",
+            "<0> is to the left of <2>",
+            "<0> is above <2>",
+            "<0> is one of two red shapes",
+        ]
+    )
+    assert sorted(map(_words, false)) == sorted(
+        [
+            "<0> is small",
+            "<0> is to the right of <1>",
+            "<0> is above <1>",
+            "<0> is below <1>",
+            "<0> is to the right of <2>",
+            "<0> is below <2>",
+            "<0> is the only red shape",
+            "<0> is one of three red shapes",
+            "<0> is one of four red shapes",
+        ]
+    )
     assert "<1> is the only blue shape" in map(_words, _object_facts(SCENE, 1)[0])
 
 

@@ -85,7 +85,7 @@ def test_keyword_scores_are_reciprocal_ranks_of_matching_ngrams() -> None:
 
 def test_yake_scores_content_words_above_stopwords() -> None:
     scores = keyword_scores("what color is the large circle at the top left")
-    words = "what color is the large circle at the top left".split()
+    words = ["what", "color", "is", "the", "large", "circle", "at", "the", "top", "left"]
     assert len(scores) == len(words)
     assert scores[words.index("the")] == 0.0 and scores[words.index("circle")] > 0.0
     assert max(scores) == 1.0  # the best keyword's words
@@ -134,13 +134,18 @@ def test_subword_tokens_map_to_their_whitespace_word_and_truncation_is_counted()
     vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, "the": 4, "red": 5, "circ": 6, "##le": 7, "?": 8}
     backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                        cls_token="[CLS]", sep_token="[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
     texts = ["the red circle? red", "  red   circle"]
     tokens = tokenize_with_words(tokenizer, texts, 16)
-    assert tokens.word_index.tolist() == [[-1, 0, 1, 2, 2, 2, 3, -1],  # [CLS] the red circ ##le ? red [SEP]
-                                          [-1, 0, 1, 1, -1, -1, -1, -1]]  # [CLS] red circ ##le [SEP] + padding
+    assert tokens.word_index.tolist() == [
+        [-1, 0, 1, 2, 2, 2, 3, -1],  # [CLS] the red circ ##le ? red [SEP]
+        [-1, 0, 1, 1, -1, -1, -1, -1],
+    ]  # [CLS] red circ ##le [SEP] + padding
     assert tokens.num_words == 4 and tokens.truncated == 0
     short = tokenize_with_words(tokenizer, texts, 5)
     assert short.word_index.tolist() == [[-1, 0, 1, 2, -1], [-1, 0, 1, 1, -1]]  # [CLS] the red circ [SEP]

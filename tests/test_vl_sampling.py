@@ -38,9 +38,12 @@ def test_snli_ve_takes_n_images_per_class_with_up_to_k_hypotheses_of_that_class(
     subset = sample_snli_ve(examples, 4, seed=3, per_image=5)
     assert len({e.image_id for e in subset}) == 12 and len(subset) == 12 * 5  # 4 distinct images per class, 5 each
     assert Counter((e.image_id, e.group) for e in subset) == dict.fromkeys(
-        {(e.image_id, e.group) for e in subset}, 5)  # one class per image
+        {(e.image_id, e.group) for e in subset}, 5
+    )  # one class per image
     assert Counter(e.group for e in subset) == dict.fromkeys(LABELS, 20)
-    assert subset == sample_snli_ve(examples, 4, seed=3, per_image=5) != sample_snli_ve(examples, 4, seed=4, per_image=5)
+    assert (
+        subset == sample_snli_ve(examples, 4, seed=3, per_image=5) != sample_snli_ve(examples, 4, seed=4, per_image=5)
+    )
     # 100 images per class at 5 hypotheses each: the paper's 0.3% subset of ~1,500 pairs (30 images here: 150)
     assert len(low_shot_subset("snli_ve", examples, 100, 0)) == 30 * 5
 

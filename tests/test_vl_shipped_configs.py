@@ -5,8 +5,8 @@ trains two optimizer steps and evaluates, on a tiny synthetic split in the confi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,25 +19,69 @@ from vl_files import save_tiny_clip, snli_ve_record, vcr_record, vqa_annotation,
 from mmd2v2.config import Config, DataConfig, EncoderConfig, ModelConfig, SharedConfig
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import build_word_tokenizer
-from mmd2v2.models.mmd2v2 import MMD2V2
-from mmd2v2.models.pretrained import save_pretrained
+from mmd2v2.models.dual_encoder import DualEncoder
+from mmd2v2.models.exported import save_export
 from mmd2v2.vl.config import TeacherSpec, VLConfig, load_vl_config
 from mmd2v2.vl.protocols import run_protocol
 from mmd2v2.vl.tasks.snli_ve import LABELS
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("vl_*.yaml"))
-WORDS = ("what color is the square how many circles are there a red green blue yes no two where left right it person1 "
-         "person2 dog3 doing dance sad because here late old why not entailment contradiction").split()
+WORDS = [
+    "what",
+    "color",
+    "is",
+    "the",
+    "square",
+    "how",
+    "many",
+    "circles",
+    "are",
+    "there",
+    "a",
+    "red",
+    "green",
+    "blue",
+    "yes",
+    "no",
+    "two",
+    "where",
+    "left",
+    "right",
+    "it",
+    "person1",
+    "person2",
+    "dog3",
+    "doing",
+    "dance",
+    "sad",
+    "because",
+    "here",
+    "late",
+    "old",
+    "why",
+    "not",
+    "entailment",
+    "contradiction",
+]
 
 
 def _export(folder: Path) -> Path:
     tokenizer = build_word_tokenizer(WORDS)
     text = dict(TINY_TEXT, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_hidden_layers=1)
-    model = ModelConfig(image=EncoderConfig(family="vit", config=dict(TINY_VISION, num_hidden_layers=1), num_blocks=1),
-                        text=EncoderConfig(family="bert", config=text, num_blocks=1),
-                        shared=SharedConfig(depth=1, width=32, heads=2), embed_dim=16)
-    save_pretrained(MMD2V2(model), Config(model=model, data=DataConfig(image_size=32)), tokenizer,
-                    ImagePreprocessor(32, [0.5] * 3, [0.25] * 3), folder, {})
+    model = ModelConfig(
+        image=EncoderConfig(family="vit", config=dict(TINY_VISION, num_hidden_layers=1), num_blocks=1),
+        text=EncoderConfig(family="bert", config=text, num_blocks=1),
+        shared=SharedConfig(depth=1, width=32, heads=2),
+        embed_dim=16,
+    )
+    save_export(
+        DualEncoder(model),
+        Config(model=model, data=DataConfig(image_size=32)),
+        tokenizer,
+        ImagePreprocessor(32, [0.5] * 3, [0.25] * 3),
+        folder,
+        {},
+    )
     return folder
 
 
@@ -49,8 +93,14 @@ def _hf_model(family: str, folder: Path) -> Path:
     if family == "beit":
         BeitModel(BeitConfig(**dict(TINY_VISION, hidden_size=24, num_hidden_layers=1))).save_pretrained(str(folder))
     elif family == "roberta":
-        config = dict(TINY_TEXT, hidden_size=24, num_hidden_layers=1, vocab_size=len(tokenizer),
-                      pad_token_id=tokenizer.pad_token_id, max_position_embeddings=128)
+        config = dict(
+            TINY_TEXT,
+            hidden_size=24,
+            num_hidden_layers=1,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            max_position_embeddings=128,
+        )
         RobertaModel(RobertaConfig(**config)).save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
     else:
@@ -102,8 +152,11 @@ def _model_overrides(cfg: VLConfig, stand_ins: StandIns) -> list[str]:
 def _vqa_split(root: Path, cfg: VLConfig, split: str, count: int) -> list[str]:
     subtype = f"{split}2014"
     pattern = cfg.task.image_pattern or "COCO_{subtype}_{image_id:012d}.jpg"
-    asked = [("what color is the square", ["red", "green"]), ("how many circles are there", ["2", "two"]),
-             ("is there a square", ["yes", "no"])]
+    asked = [
+        ("what color is the square", ["red", "green"]),
+        ("how many circles are there", ["2", "two"]),
+        ("is there a square", ["yes", "no"]),
+    ]
     questions, annotations = [], []
     for i in range(count):
         text, answers = asked[i % 3]
@@ -112,8 +165,11 @@ def _vqa_split(root: Path, cfg: VLConfig, split: str, count: int) -> list[str]:
         write_image(root / "images" / pattern.format(subtype=subtype, image_id=i // 2), i)
     (root / f"q_{split}.json").write_text(json.dumps({"data_subtype": subtype, "questions": questions}))
     (root / f"a_{split}.json").write_text(json.dumps({"data_subtype": subtype, "annotations": annotations}))
-    return [f"task.{split}.records={root / f'q_{split}.json'}", f"task.{split}.annotations={root / f'a_{split}.json'}",
-            f"task.{split}.image_root={root / 'images'}"]
+    return [
+        f"task.{split}.records={root / f'q_{split}.json'}",
+        f"task.{split}.annotations={root / f'a_{split}.json'}",
+        f"task.{split}.image_root={root / 'images'}",
+    ]
 
 
 def _snli_ve_split(root: Path, cfg: VLConfig, split: str, images: int) -> list[str]:
@@ -121,8 +177,10 @@ def _snli_ve_split(root: Path, cfg: VLConfig, split: str, images: int) -> list[s
     records = []
     for i in range(images):
         write_image(root / split / pattern.format(image_id=f"{split}{i}"), i)
-        records += [snli_ve_record(f"{split}{i}", f"a {c} square", label, f"{split}{i}-{k}")
-                    for k, (c, label) in enumerate(zip(("red", "green", "blue"), LABELS, strict=True))]
+        records += [
+            snli_ve_record(f"{split}{i}", f"a {c} square", label, f"{split}{i}-{k}")
+            for k, (c, label) in enumerate(zip(("red", "green", "blue"), LABELS, strict=True))
+        ]
     path = write_jsonl(root / f"{split}.jsonl", records)
     return [f"task.{split}.records={path}", f"task.{split}.image_root={root / split}"]
 
@@ -152,12 +210,23 @@ def _data_overrides(cfg: VLConfig, root: Path) -> list[str]:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_runs_each_protocol_method_with_stand_in_models(
-        path: Path, stand_ins: StandIns, tmp_path: Path) -> None:
+    path: Path, stand_ins: StandIns, tmp_path: Path
+) -> None:
     cfg = load_vl_config(path)
     settings = [s for s in cfg.protocol.settings if s != "full"]  # full = low-shot here: the split is tiny
-    small = ["trainer.device=cpu", "trainer.num_workers=0", "trainer.batch_size=4", "trainer.eval_batch_size=8",
-             "trainer.progress_bar=false", "trainer.log_every=1", "adaptive.epochs=1.0", "protocol.shots=[1]",
-             "protocol.seeds=[0]", "protocol.low_shot_max_steps=2", f"protocol.settings=[{', '.join(settings)}]"]
+    small = [
+        "trainer.device=cpu",
+        "trainer.num_workers=0",
+        "trainer.batch_size=4",
+        "trainer.eval_batch_size=8",
+        "trainer.progress_bar=false",
+        "trainer.log_every=1",
+        "adaptive.epochs=1.0",
+        "protocol.shots=[1]",
+        "protocol.seeds=[0]",
+        "protocol.low_shot_max_steps=2",
+        f"protocol.settings=[{', '.join(settings)}]",
+    ]
     run_cfg = load_vl_config(path, [*_model_overrides(cfg, stand_ins), *_data_overrides(cfg, tmp_path), *small])
     report: dict[str, Any] = run_protocol(run_cfg, tmp_path / "protocol")
     runs = {r["method"]: r for r in report["runs"] if r["setting"] == "1/category"}
@@ -165,8 +234,12 @@ def test_every_shipped_config_runs_each_protocol_method_with_stand_in_models(
     main = report["metric"]
     for method, run in runs.items():
         assert 0 <= run["metrics"][main] <= 100 and run["metrics"]["train_examples"] > 0
-        log = [json.loads(line) for line in (tmp_path / "protocol" / "runs" / f"{method}_1_per_category_seed0"
-                                             / "train_log.jsonl").read_text().splitlines()]
+        log = [
+            json.loads(line)
+            for line in (tmp_path / "protocol" / "runs" / f"{method}_1_per_category_seed0" / "train_log.jsonl")
+            .read_text()
+            .splitlines()
+        ]
         assert len([r for r in log if r["stage"] == "task"]) == 2  # two optimizer steps of the task stage
     if "zero_shot" in settings and cfg.task.name != "vqa":
         assert "zero-shot" in report["columns"]
@@ -174,9 +247,12 @@ def test_every_shipped_config_runs_each_protocol_method_with_stand_in_models(
 
 
 def test_the_stand_ins_have_the_model_types_the_configs_name(stand_ins: StandIns) -> None:
-    families = {(spec["kind"], spec.get("family", "beit")) for path in CONFIGS
-                for spec in (yaml.safe_load(path.read_text()).get("teachers") or {}).values()
-                if isinstance(spec, dict) and spec.get("kind", "none") != "none"}
+    families = {
+        (spec["kind"], spec.get("family", "beit"))
+        for path in CONFIGS
+        for spec in (yaml.safe_load(path.read_text()).get("teachers") or {}).values()
+        if isinstance(spec, dict) and spec.get("kind", "none") != "none"
+    }
     for kind, family in families:
         folder = stand_ins.folder(kind, family)
         config = json.loads((folder / "config.json").read_text()) if kind == "hf" else None

@@ -30,8 +30,9 @@ def test_student_vocabulary_grows_and_the_finetuned_model_reloads(tmp_path: Path
     embeddings = parts.backbone.text_encoder.model.get_input_embeddings()
     assert embeddings.num_embeddings == len(parts.tokenizer)
     student = VLStudent(parts.backbone, 3, 1.0)
-    folder = save_vl_model(student, parts, tmp_path / "vl", {"name": "snli_ve", "classes": ["a", "b", "c"],
-                                                             "head_hidden_ratio": 1.0})
+    folder = save_vl_model(
+        student, parts, tmp_path / "vl", {"name": "snli_ve", "classes": ["a", "b", "c"], "head_hidden_ratio": 1.0}
+    )
     loaded, tokenizer, _, _ = load_vl_model(folder)
     assert tokenizer(questions[1])["input_ids"] == ids
     torch.testing.assert_close(loaded.backbone.text_encoder.model.get_input_embeddings().weight, embeddings.weight)

@@ -26,19 +26,22 @@ def _source(pattern: str | list[str], **extra: object) -> MixedSource:
     return data.sources[0]
 
 
-def _rank_batches(source: MixedSource, rank: int, world: int, workers: int, start: int, total: int,
-                  monkeypatch: pytest.MonkeyPatch, micro: int = 2) -> list[list[str]]:
+def _rank_batches(
+    source: MixedSource,
+    rank: int,
+    world: int,
+    workers: int,
+    start: int,
+    total: int,
+    monkeypatch: pytest.MonkeyPatch,
+    micro: int = 2,
+) -> list[list[str]]:
     """What a DataLoader with `workers` workers yields on `rank`: the workers' micro-batches taken in turn."""
     streams = []
     for worker in range(workers):
         monkeypatch.setattr(mixture, "get_worker_info", lambda w=worker: type("Info", (), {"id": w})())
         streams.append(iter(list(MixedPairStream([source], micro, rank, world, workers, 5, start, total))))
-    batches, turn = [], 0
-    for _ in range(total - start):
-        batch = [next(streams[turn % workers]).caption for _ in range(micro)]
-        batches.append(batch)
-        turn += 1
-    return batches
+    return [[next(streams[turn % workers]).caption for _ in range(micro)] for turn in range(total - start)]
 
 
 def test_brace_patterns_and_lists_name_the_same_shards(tmp_path: Path) -> None:
@@ -50,8 +53,9 @@ def test_brace_patterns_and_lists_name_the_same_shards(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("world", "workers"), [(1, 1), (2, 1), (2, 2), (1, 3)])
-def test_every_sample_once_per_epoch_across_ranks_and_workers(tmp_path: Path, world: int, workers: int,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_sample_once_per_epoch_across_ranks_and_workers(
+    tmp_path: Path, world: int, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = _source(write_shards(tmp_path, 12, 4))  # 48 samples; 12 shards split over world × workers readers
     seen = []
     for rank in range(world):
@@ -82,20 +86,25 @@ def test_fewer_shards_than_readers_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bad_samples_are_counted_and_a_damaged_shard_ends_early(tmp_path: Path) -> None:
-    write_shard(tmp_path / "a.tar", [
-        {"__key__": b"k0", "png": png_bytes(1), "txt": b"fine", "json": b'{"caption": "fine"}'},
-        {"__key__": b"k1", "jpg": b"\xff\xd8 truncated jpeg", "txt": b"broken image", "json": b'{"caption": "x"}'},
-        {"__key__": b"k2", "png": png_bytes(2), "txt": b"  ", "json": b'{"caption": " "}'},
-        {"__key__": b"k3", "png": png_bytes(3), "txt": b"caf\xe9", "json": b'{"caption": "fine fine fine"}'},
-        {"__key__": b"k4", "txt": b"no image", "json": b'{"title": "no caption field"}'},
-        {"__key__": b"k5", "webp": png_bytes(4), "txt": b"fine fine fine fine", "json": b"{not json"}])
+    write_shard(
+        tmp_path / "a.tar",
+        [
+            {"__key__": b"k0", "png": png_bytes(1), "txt": b"fine", "json": b'{"caption": "fine"}'},
+            {"__key__": b"k1", "jpg": b"\xff\xd8 truncated jpeg", "txt": b"broken image", "json": b'{"caption": "x"}'},
+            {"__key__": b"k2", "png": png_bytes(2), "txt": b"  ", "json": b'{"caption": " "}'},
+            {"__key__": b"k3", "png": png_bytes(3), "txt": b"caf\xe9", "json": b'{"caption": "fine fine fine"}'},
+            {"__key__": b"k4", "txt": b"no image", "json": b'{"title": "no caption field"}'},
+            {"__key__": b"k5", "webp": png_bytes(4), "txt": b"fine fine fine fine", "json": b"{not json"},
+        ],
+    )
     for key, expected in (("txt", (2, 2, 1)), ("json", (1, 3, 1))):
         source = _source(str(tmp_path / "a.tar"), caption_key=key)
         samples = list(MixedPairStream([source], 1, 0, 1, 0, 0, 0, 6))
         batch = PairCollator(build_word_tokenizer(["fine"]), 4)(samples)
         assert (int(batch["num_skipped"]), int(batch["num_bad_captions"]), int(batch["num_truncated"])) == expected, key
-    damaged = write_shard(tmp_path / "b.tar", [{"__key__": f"d{i}".encode(), "png": png_bytes(i), "txt": b"x"}
-                                               for i in range(6)])
+    damaged = write_shard(
+        tmp_path / "b.tar", [{"__key__": f"d{i}".encode(), "png": png_bytes(i), "txt": b"x"} for i in range(6)]
+    )
     damaged.write_bytes(damaged.read_bytes()[:2600])  # cut inside a later member's data
     kept = count_samples(damaged)
     assert 0 < kept < 6
@@ -109,7 +118,9 @@ def test_real_dataloader_workers_resume_like_the_uninterrupted_run(tmp_path: Pat
 
     def captions(start: int) -> list[str]:
         stream = MixedPairStream([source], 2, 0, 1, 2, 5, start, 12)
-        loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=2, collate_fn=lambda s: [x.caption for x in s])
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=2, num_workers=2, collate_fn=lambda s: [x.caption for x in s]
+        )
         return [c for batch in loader for c in batch]
 
     full = captions(0)

@@ -23,8 +23,11 @@ def crop_flip_settings(data: DataConfig) -> dict[str, Any] | None:
     if data.random_crop_scale is None and data.hflip_prob == 0:
         return None
     crop = data.random_crop_scale
-    return {"scale": list(crop or (1.0, 1.0)), "ratio": [3 / 4, 4 / 3] if crop is not None else [1.0, 1.0],
-            "flip_prob": data.hflip_prob}
+    return {
+        "scale": list(crop or (1.0, 1.0)),
+        "ratio": [3 / 4, 4 / 3] if crop is not None else [1.0, 1.0],
+        "flip_prob": data.hflip_prob,
+    }
 
 
 def _thetas(uniforms: Tensor, scale: tuple[float, float], ratio: tuple[float, float], flip_prob: float) -> Tensor:
@@ -46,22 +49,31 @@ def apply_crop_flip(pixels: Tensor, theta: Tensor) -> Tensor:
     """Resample each image of (B, C, H, W) through its crop-and-flip matrix (bilinear), keeping H x W."""
     b, _, h, w = pixels.shape
     grid = F.affine_grid(theta.to(pixels.device, torch.float32), [b, 1, h, w], align_corners=False)
-    return F.grid_sample(pixels.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(pixels.dtype)
+    return F.grid_sample(pixels.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(
+        pixels.dtype
+    )
 
 
-def random_resized_crop_flip(pixels: Tensor, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                             flip_prob: float = 0.0) -> Tensor:
+def random_resized_crop_flip(
+    pixels: Tensor, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_prob: float = 0.0
+) -> Tensor:
     """Each image of (B, C, H, W): a random crop covering `scale` of its area at aspect `ratio`, resized back to
     H x W (bilinear), then mirrored left-right with probability `flip_prob`."""
     b = pixels.shape[0]
     options = {"device": pixels.device, "dtype": torch.float32}
-    draws = [torch.empty(b, **options).uniform_(0, 1), torch.empty(b, **options).uniform_(0, 1),
-             torch.rand(b, **options), torch.rand(b, **options), torch.rand(b, **options)]
+    draws = [
+        torch.empty(b, **options).uniform_(0, 1),
+        torch.empty(b, **options).uniform_(0, 1),
+        torch.rand(b, **options),
+        torch.rand(b, **options),
+        torch.rand(b, **options),
+    ]
     return apply_crop_flip(pixels, _thetas(torch.stack(draws, dim=1), scale, ratio, flip_prob))
 
 
-def view_crop_flip(seed: int, image_row: int, view: int, scale: tuple[float, float], ratio: tuple[float, float],
-                   flip_prob: float) -> Tensor:
+def view_crop_flip(
+    seed: int, image_row: int, view: int, scale: tuple[float, float], ratio: tuple[float, float], flip_prob: float
+) -> Tensor:
     """The crop-and-flip matrix (2, 3) of stored view `view` of image `image_row`: a fixed function of the three
     numbers, so the feature cache's teacher targets and the training step see the same augmented image."""
     uniforms = torch.from_numpy(np.random.default_rng([seed, image_row, view]).random(5)).float()[None]

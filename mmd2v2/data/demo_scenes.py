@@ -31,8 +31,8 @@ import argparse
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,9 +44,14 @@ from mmd2v2.files import replace_folder
 T = TypeVar("T")
 GENERATOR_VERSION = 3
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40), "green": (40, 175, 60), "blue": (50, 90, 230),
-    "yellow": (235, 215, 40), "purple": (150, 60, 200), "orange": (245, 135, 25),
-    "white": (240, 240, 240), "cyan": (40, 200, 215),
+    "red": (215, 40, 40),
+    "green": (40, 175, 60),
+    "blue": (50, 90, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (245, 135, 25),
+    "white": (240, 240, 240),
+    "cyan": (40, 200, 215),
 }
 SHAPES = ("square", "circle", "triangle", "cross")
 PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
@@ -62,11 +67,37 @@ JITTER = 0.06  # largest centre offset, as a fraction of a cell: 0.38 + 0.06 < 0
 SHADE = 12  # largest per-object shift of each colour channel
 NOISE = 6  # largest per-pixel noise on each channel
 
-SCENE_VOCABULARY: list[str] = sorted({
-    "a", "the", "and", "at", "in", "is", "to", "of", "than", "there", "are", "shape", "shapes",
-    "left", "right", "top", "bottom", "center", "above", "below", "larger", "smaller",
-    *SIZES, *COLOURS, *SHAPES, *PLURALS.values(), *NUMBERS[1:],
-})
+SCENE_VOCABULARY: list[str] = sorted(
+    {
+        "a",
+        "the",
+        "and",
+        "at",
+        "in",
+        "is",
+        "to",
+        "of",
+        "than",
+        "there",
+        "are",
+        "shape",
+        "shapes",
+        "left",
+        "right",
+        "top",
+        "bottom",
+        "center",
+        "above",
+        "below",
+        "larger",
+        "smaller",
+        *SIZES,
+        *COLOURS,
+        *SHAPES,
+        *PLURALS.values(),
+        *NUMBERS[1:],
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -122,8 +153,10 @@ def _sample_objects(rng: np.random.Generator) -> list[SceneObject]:
     order = rng.permutation(count)  # distractors land anywhere, not only late in reading order
     jitter = rng.uniform(-JITTER, JITTER, size=(count, 2))
     sizes = rng.choice(SIZES, size=count)
-    return [SceneObject(*picked[order[i]], str(sizes[i]), cell // 3, cell % 3, float(jitter[i, 0]), float(jitter[i, 1]))
-            for i, cell in enumerate(cells)]
+    return [
+        SceneObject(*picked[order[i]], str(sizes[i]), cell // 3, cell % 3, float(jitter[i, 0]), float(jitter[i, 1]))
+        for i, cell in enumerate(cells)
+    ]
 
 
 def _pick(rng: np.random.Generator, options: list[T]) -> T:
@@ -158,15 +191,23 @@ def _captions(objects: list[SceneObject], rng: np.random.Generator) -> list[str]
     first_pair = _pick(rng, pairs)
     shapes = " and ".join(_count(n, s, PLURALS[s]) for s, n in _tally([o.shape for o in objects], SHAPES))
     colours = [_count(n, f"{c} shape", f"{c} shapes") for c, n in _tally([o.colour for o in objects], list(COLOURS))]
-    counts = [f"{NUMBERS[len(objects)]} shapes {shapes}",
-              f"there {'is' if colours[0].startswith('one ') else 'are'} {' and '.join(colours)}"]
+    counts = [
+        f"{NUMBERS[len(objects)]} shapes {shapes}",
+        f"there {'is' if colours[0].startswith('one ') else 'are'} {' and '.join(colours)}",
+    ]
     if rng.random() < 0.5:
         counts.reverse()
     chosen = rng.permutation(len(objects))[: 2 if len(objects) > 2 and rng.random() < PARTIAL_PAIR else 1]
     partial = " and ".join(_describe(objects[i]) for i in chosen)
-    kinds = [[counts[1]], [_relation(a, b, rng) for a, b in pairs if {a, b} != set(first_pair)],
-             [f"the {a.name} is {'larger' if a.size == 'large' else 'smaller'} than the {b.name}"
-              for a, b in pairs if a.size != b.size]]
+    kinds = [
+        [counts[1]],
+        [_relation(a, b, rng) for a, b in pairs if {a, b} != set(first_pair)],
+        [
+            f"the {a.name} is {'larger' if a.size == 'large' else 'smaller'} than the {b.name}"
+            for a, b in pairs
+            if a.size != b.size
+        ],
+    ]
     fifth = _pick(rng, _pick(rng, [kind for kind in kinds if kind]))  # the other count, a relation or a comparison
     return [full, _relation(*first_pair, rng), counts[0], partial, fifth]
 
@@ -213,8 +254,14 @@ def render(scene: Scene, image_size: int) -> Image.Image:
 
 
 def _manifest(num_train: int, num_val: int, num_test: int, image_size: int, seed: int) -> dict[str, int]:
-    return {"version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val, "num_test": num_test,
-            "image_size": image_size, "seed": seed}
+    return {
+        "version": GENERATOR_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "num_test": num_test,
+        "image_size": image_size,
+        "seed": seed,
+    }
 
 
 def _write(folder: Path, counts: dict[str, int], image_size: int, seed: int) -> None:
@@ -225,10 +272,20 @@ def _write(folder: Path, counts: dict[str, int], image_size: int, seed: int) -> 
             scene, image_id = generate_scene(seed, split, index), len(images)
             filename = f"{image_id:06d}.png"
             render(scene, image_size).save(folder / "images" / split / filename, compress_level=1)
-            sentences = [{"raw": text, "tokens": text.split(), "imgid": image_id, "sentid": 5 * image_id + k}
-                         for k, text in enumerate(scene.captions)]
-            images.append({"filepath": f"images/{split}", "filename": filename, "imgid": image_id, "split": split,
-                           "sentids": [s["sentid"] for s in sentences], "sentences": sentences})
+            sentences = [
+                {"raw": text, "tokens": text.split(), "imgid": image_id, "sentid": 5 * image_id + k}
+                for k, text in enumerate(scene.captions)
+            ]
+            images.append(
+                {
+                    "filepath": f"images/{split}",
+                    "filename": filename,
+                    "imgid": image_id,
+                    "split": split,
+                    "sentids": [s["sentid"] for s in sentences],
+                    "sentences": sentences,
+                }
+            )
     (folder / "dataset_demo.json").write_text(json.dumps({"dataset": "demo", "images": images}))
 
 
@@ -254,17 +311,26 @@ def _is_current(root: Path, manifest: dict[str, int], product: str) -> bool:
     return (root / product).exists() and manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest
 
 
-def write_demo_unpaired(root: str | Path, num_images: int = 30000, num_captions: int = 30000, image_size: int = 64,
-                        seed: int = 0) -> Path:
+def write_demo_unpaired(
+    root: str | Path, num_images: int = 30000, num_captions: int = 30000, image_size: int = 64, seed: int = 0
+) -> Path:
     """Write unpaired demo data for self-supervised pretraining into `root` (reused when already written with the same
     settings): `images/` with `num_images` scenes and `captions.txt` with `num_captions` captions (five per scene) of
     other scenes. Both come from random streams of their own, so no paired, validation or test scene is among them."""
     if min(num_images, num_captions) < 1 or image_size < 24:
-        raise ValueError(f"unpaired demo set: need num_images, num_captions >= 1 and image_size >= 24, got {num_images}, "
-                         f"{num_captions}, {image_size}")
+        raise ValueError(
+            f"unpaired demo set: need num_images, num_captions >= 1 and image_size >= 24, got {num_images}, "
+            f"{num_captions}, {image_size}"
+        )
     root = Path(root)
-    manifest = {"version": GENERATOR_VERSION, "kind": "unpaired", "num_images": num_images,
-                "num_captions": num_captions, "image_size": image_size, "seed": seed}
+    manifest = {
+        "version": GENERATOR_VERSION,
+        "kind": "unpaired",
+        "num_images": num_images,
+        "num_captions": num_captions,
+        "image_size": image_size,
+        "seed": seed,
+    }
 
     def write(folder: Path) -> None:
         (folder / "images").mkdir()
@@ -281,16 +347,23 @@ def write_demo_unpaired(root: str | Path, num_images: int = 30000, num_captions:
     return root
 
 
-def write_demo_dataset(root: str | Path, num_train: int = 6000, num_val: int = 200, num_test: int = 500,
-                       image_size: int = 64, seed: int = 0) -> Path:
+def write_demo_dataset(
+    root: str | Path,
+    num_train: int = 6000,
+    num_val: int = 200,
+    num_test: int = 500,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
     """Write the demo set into `root` (reused if already written with the same settings); returns its JSON path.
 
     Built in a temporary sibling folder and renamed into place, so `root` never holds a partial set.
     An existing `root` is replaced only if it is empty or holds an earlier demo set.
     """
     if min(num_train, num_val, num_test) < 0 or image_size < 24:
-        raise ValueError(f"demo set: need split sizes >= 0 and image_size >= 24, got {num_train}/{num_val}/{num_test}, "
-                         f"{image_size}")
+        raise ValueError(
+            f"demo set: need split sizes >= 0 and image_size >= 24, got {num_train}/{num_val}/{num_test}, {image_size}"
+        )
     root = Path(root)
     manifest = _manifest(num_train, num_val, num_test, image_size, seed)
     if not _is_current(root, manifest, "dataset_demo.json"):

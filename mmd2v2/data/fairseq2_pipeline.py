@@ -24,8 +24,16 @@ from mmd2v2.data.karpathy import Dropped, ImageRecord
 SKIP_REASON = "undecodable image"
 
 
-def _check(records: Sequence[ImageRecord], image_size: int, mean: Sequence[float], std: Sequence[float],
-           batch_size: int, rank: int, world_size: int, num_parallel_calls: int) -> None:
+def _check(
+    records: Sequence[ImageRecord],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    num_parallel_calls: int,
+) -> None:
     """Raise a one-line ValueError for the first invalid argument of `build_pair_pipeline`."""
     if not records:
         raise ValueError("records: got none, expected at least one ImageRecord")
@@ -43,9 +51,18 @@ def _check(records: Sequence[ImageRecord], image_size: int, mean: Sequence[float
         raise ValueError(f"num_parallel_calls: got {num_parallel_calls}, expected a positive integer")
 
 
-def build_pair_pipeline(records: Sequence[ImageRecord], image_size: int, mean: Sequence[float],
-                        std: Sequence[float], batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                        num_parallel_calls: int = 2, skipped: Dropped | None = None) -> DataPipeline:
+def build_pair_pipeline(
+    records: Sequence[ImageRecord],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_parallel_calls: int = 2,
+    skipped: Dropped | None = None,
+) -> DataPipeline:
     """A fairseq2 pipeline over every (image, caption) pair of `records`, batched for one rank.
 
     All ranks must pass the same `records` and `seed`: the pairs are shuffled with `seed`, then rank
@@ -82,17 +99,20 @@ def build_pair_pipeline(records: Sequence[ImageRecord], image_size: int, mean: S
         return {"pixel_values": (pixels - mean_t) / std_t, "caption": caption, "image_id": image_id}
 
     def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-                "captions": [example["caption"] for example in examples],
-                "image_ids": torch.tensor([example["image_id"] for example in examples], dtype=torch.int64)}
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "captions": [example["caption"] for example in examples],
+            "image_ids": torch.tensor([example["image_id"] for example in examples], dtype=torch.int64),
+        }
 
-    return (read_sequence(pairs)
-            .shuffle(0, seed=seed)
-            .shard(rank, world_size, allow_uneven=True)
-            .map(decode, num_parallel_calls=num_parallel_calls)
-            .filter(lambda example: example is not None)
-            .bucket(batch_size)
-            .map(collate)
-            .prefetch(2)
-            .and_return())
-
+    return (
+        read_sequence(pairs)
+        .shuffle(0, seed=seed)
+        .shard(rank, world_size, allow_uneven=True)
+        .map(decode, num_parallel_calls=num_parallel_calls)
+        .filter(lambda example: example is not None)
+        .bucket(batch_size)
+        .map(collate)
+        .prefetch(2)
+        .and_return()
+    )

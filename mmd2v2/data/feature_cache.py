@@ -92,9 +92,16 @@ def write_shard(folder: Path, name: str, array: np.ndarray) -> None:
 
 def write_manifest(folder: Path, plan: CachePlan, skipped_images: int) -> None:
     """Publish the cache: the manifest is written last, atomically."""
-    manifest = {"format": FORMAT, "num_images": plan.num_images, "num_pairs": plan.num_pairs,
-                "rows_per_shard": plan.rows_per_shard, "views": plan.views, "kinds": {k: list(v) for k, v in plan.kinds.items()},
-                "skipped_images": skipped_images, "fingerprints": plan.fingerprints}
+    manifest = {
+        "format": FORMAT,
+        "num_images": plan.num_images,
+        "num_pairs": plan.num_pairs,
+        "rows_per_shard": plan.rows_per_shard,
+        "views": plan.views,
+        "kinds": {k: list(v) for k, v in plan.kinds.items()},
+        "skipped_images": skipped_images,
+        "fingerprints": plan.fingerprints,
+    }
     write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
@@ -119,7 +126,9 @@ class FeatureCache:
             raise FileNotFoundError(f"cache.dir: '{self.folder}' has no {MANIFEST} (not a finished feature cache)")
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"cache.dir: '{self.folder}' has cache format {self.manifest.get('format')}, expected {FORMAT}")
+            raise ValueError(
+                f"cache.dir: '{self.folder}' has cache format {self.manifest.get('format')}, expected {FORMAT}"
+            )
         self.kinds = {k: tuple(v) for k, v in self.manifest["kinds"].items()}
         self.rows_per_shard = int(self.manifest["rows_per_shard"])
         self.views = int(self.manifest["views"])
@@ -130,13 +139,18 @@ class FeatureCache:
         where = _difference(self.manifest["fingerprints"], plan.fingerprints)
         if where is None and self.kinds != plan.kinds:
             where = f"kinds ({sorted(self.kinds)} with row shapes {list(self.kinds.values())})"
-        if where is None and (self.manifest["num_images"], self.manifest["num_pairs"]) != (plan.num_images, plan.num_pairs):
+        if where is None and (self.manifest["num_images"], self.manifest["num_pairs"]) != (
+            plan.num_images,
+            plan.num_pairs,
+        ):
             where = "dataset size"
         if where is None and self.views != plan.views:
             where = f"number of views ({self.views})"
         if where is not None:
-            raise ValueError(f"cache.dir: '{self.folder}' was computed for a different {where}; rebuild it "
-                             "(mmd2v2 cache --config ...) or point cache.dir at another folder")
+            raise ValueError(
+                f"cache.dir: '{self.folder}' was computed for a different {where}; rebuild it "
+                "(mmd2v2 cache --config ...) or point cache.dir at another folder"
+            )
 
     def _map(self, name: str, shard: int) -> np.ndarray:
         key = (name, shard)

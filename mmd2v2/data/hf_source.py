@@ -29,22 +29,33 @@ def load_hf_dataset(name_or_path: str, split: str) -> Any:
     try:
         return datasets.load_dataset(name_or_path, split=split)
     except Exception as error:  # the hub client raises many kinds; all mean "cannot load this name"
-        raise ValueError(f"hf source '{name_or_path}': not a local folder and not loadable from the hub "
-                         f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        raise ValueError(
+            f"hf source '{name_or_path}': not a local folder and not loadable from the hub "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from None
 
 
 class HFCaptionPairs(Dataset[PairSample]):
     """Every (image, caption) pair of a `datasets.Dataset`; images are decoded here, so bad ones are only counted."""
 
-    def __init__(self, dataset: Any, image_column: str, caption_column: str, preprocess: ImagePreprocessor,
-                 name: str, dropped: Dropped) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        image_column: str,
+        caption_column: str,
+        preprocess: ImagePreprocessor,
+        name: str,
+        dropped: Dropped,
+    ) -> None:
         import datasets
 
         for column in (image_column, caption_column):
             if column not in dataset.column_names:
                 raise ValueError(f"{name}: no column '{column}' (found: {', '.join(dataset.column_names)})")
         if not isinstance(dataset.features[image_column], datasets.Image):
-            raise ValueError(f"{name}: column '{image_column}' is {dataset.features[image_column]}, expected an Image() feature")
+            raise ValueError(
+                f"{name}: column '{image_column}' is {dataset.features[image_column]}, expected an Image() feature"
+            )
         self.images = dataset.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column])
         self.image_column = image_column
         self.preprocess = preprocess

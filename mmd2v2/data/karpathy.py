@@ -45,8 +45,9 @@ class Dropped:
 SPLIT_ALIASES = {"train": ("train", "restval")}  # COCO's 'restval' images are training images
 
 
-def load_karpathy_split(json_path: str | Path, split: str, image_root: str | Path | None = None,
-                        dropped: Dropped | None = None) -> list[ImageRecord]:
+def load_karpathy_split(
+    json_path: str | Path, split: str, image_root: str | Path | None = None, dropped: Dropped | None = None
+) -> list[ImageRecord]:
     """Records of one split ('train' includes COCO's 'restval'); image path = root/filepath/filename.
 
     Empty captions, and images left with none, are dropped and counted in `dropped`.
@@ -85,7 +86,9 @@ def load_karpathy_split(json_path: str | Path, split: str, image_root: str | Pat
         if not captions:
             continue
         image_id = entry.get("imgid", index)
-        records.append(ImageRecord(int(image_id), root / entry.get("filepath", "") / entry["filename"], tuple(captions)))
+        records.append(
+            ImageRecord(int(image_id), root / entry.get("filepath", "") / entry["filename"], tuple(captions))
+        )
     if not records:
         raise ValueError(f"{json_path}: split '{split}' has no images")
     return records

@@ -29,7 +29,9 @@ class MixturePattern:
         counts = np.floor(shares).astype(np.int64)
         counts[np.argsort(counts - shares, kind="stable")[: PATTERN_LENGTH - counts.sum()]] += 1  # largest remainders
         if (counts == 0).any():
-            raise ValueError(f"data.sources: weight {weights[int(np.argmin(counts))]} is below 1/{PATTERN_LENGTH} of the total")
+            raise ValueError(
+                f"data.sources: weight {weights[int(np.argmin(counts))]} is below 1/{PATTERN_LENGTH} of the total"
+            )
         self.pattern = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(weights)), counts))
         one_hot = np.eye(len(weights), dtype=np.int64)[self.pattern]
         self.prefix = np.vstack([np.zeros((1, len(weights)), dtype=np.int64), one_hot.cumsum(axis=0)])
@@ -72,8 +74,17 @@ class MixedPairStream(IterableDataset[PairSample]):
     the part of worker (w + N) % workers of the uninterrupted run, so the batches continue unchanged.
     """
 
-    def __init__(self, sources: list[MixedSource], micro_batch: int, rank: int, world_size: int, num_workers: int,
-                 seed: int, start_batch: int, total_batches: int) -> None:
+    def __init__(
+        self,
+        sources: list[MixedSource],
+        micro_batch: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        seed: int,
+        start_batch: int,
+        total_batches: int,
+    ) -> None:
         self.sources = sources
         self.micro_batch = micro_batch
         self.rank = rank
@@ -86,11 +97,15 @@ class MixedPairStream(IterableDataset[PairSample]):
         num_slots = world_size * self.workers
         for source in sources:
             if isinstance(source.data, ShardedPairs) and len(source.data.shards) < num_slots:
-                raise ValueError(f"{source.name}: {len(source.data.shards)} non-empty shards for {num_slots} readers "
-                                 f"({world_size} ranks × {self.workers} workers); every reader needs a whole shard: "
-                                 "write more shards or lower data.num_workers")
+                raise ValueError(
+                    f"{source.name}: {len(source.data.shards)} non-empty shards for {num_slots} readers "
+                    f"({world_size} ranks × {self.workers} workers); every reader needs a whole shard: "
+                    "write more shards or lower data.num_workers"
+                )
             if len(source.data) < num_slots:  # type: ignore[arg-type]
-                raise ValueError(f"{source.name}: {len(source.data)} pairs for {num_slots} readers; need at least one each")  # type: ignore[arg-type]
+                raise ValueError(
+                    f"{source.name}: {len(source.data)} pairs for {num_slots} readers; need at least one each"
+                )  # type: ignore[arg-type]
 
     def _batches_of(self, role: int, end: int) -> int:
         """Micro-batches worker `role` has produced once the rank has consumed `end` of them (round-robin)."""
@@ -106,8 +121,11 @@ class MixedPairStream(IterableDataset[PairSample]):
         streams = []
         for index, (source, start) in enumerate(zip(self.sources, taken, strict=True)):
             seed = self.seed * 7919 + index
-            streams.append(source.data.stream(slot, num_slots, start) if isinstance(source.data, ShardedPairs)
-                           else map_stream(source.data, slot, num_slots, seed, start))
+            streams.append(
+                source.data.stream(slot, num_slots, start)
+                if isinstance(source.data, ShardedPairs)
+                else map_stream(source.data, slot, num_slots, seed, start)
+            )
         offsets = [index << 40 for index in range(len(self.sources))] if len(self.sources) > 1 else [0]
         for position in range(done, end):
             index = self.pattern.source(position)

@@ -33,7 +33,9 @@ class PairSample:
         return self.caption is not None and (self.pixel_values is not None or self.features is not None)
 
 
-def decode_pair(preprocess: ImagePreprocessor, source: str | Path | BinaryIO, caption: str | None, image_id: int) -> PairSample:
+def decode_pair(
+    preprocess: ImagePreprocessor, source: str | Path | BinaryIO, caption: str | None, image_id: int
+) -> PairSample:
     """Decode one pair's image (not at all when its caption is bad); a decoding failure marks the image bad."""
     if caption is None:
         return PairSample(None, None, image_id)
@@ -70,12 +72,25 @@ class PairCollator:
     def __call__(self, samples: list[PairSample]) -> dict[str, Tensor]:
         good = [s for s in samples if s.usable]
         lengths = self.tokenizer([s.caption for s in good])["input_ids"] if good else []
-        tokens = self.tokenizer(
-            [s.caption for s in good], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ) if good else {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
+        tokens = (
+            self.tokenizer(
+                [s.caption for s in good],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            if good
+            else {
+                "input_ids": torch.zeros(0, 1, dtype=torch.long),
+                "attention_mask": torch.zeros(0, 1, dtype=torch.long),
+            }
+        )
         with_pixels = bool(good) and all(s.pixel_values is not None for s in good)
         batch = {
-            "pixel_values": default_collate([s.pixel_values for s in good]) if with_pixels else torch.zeros(0),  # in shared memory in a worker
+            "pixel_values": default_collate([s.pixel_values for s in good])
+            if with_pixels
+            else torch.zeros(0),  # in shared memory in a worker
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "image_ids": torch.tensor([s.image_id for s in good], dtype=torch.long),
@@ -99,8 +114,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
     uninterrupted run, and no sample is loaded for the steps skipped.
     """
 
-    def __init__(self, num_samples: int, micro_batch: int, accumulation: int, world_size: int, rank: int,
-                 seed: int, start_step: int, total_steps: int, with_epoch: bool = False) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        micro_batch: int,
+        accumulation: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        start_step: int,
+        total_steps: int,
+        with_epoch: bool = False,
+    ) -> None:
         self.num_samples = num_samples
         self.with_epoch = with_epoch  # yield epoch × num_samples + index (datasets that vary by epoch decode it)
         self.micro_batch = micro_batch

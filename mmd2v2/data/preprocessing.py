@@ -19,8 +19,13 @@ from transformers.image_processing_base import ImageProcessingMixin
 
 from mmd2v2.config import Config, EncoderConfig
 
-DEFAULTS: dict[str, Any] = {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resample": "bicubic",
-                            "fast": True}
+DEFAULTS: dict[str, Any] = {
+    "size": 224,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "resample": "bicubic",
+    "fast": True,
+}
 DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for a missing, truncated or corrupt image
 TORCH_RESAMPLE = ("bilinear", "bicubic")  # the resamplings torch has antialiased uint8 kernels for
 
@@ -34,9 +39,13 @@ class ImagePreprocessor:
     bicubic with torch's antialiased uint8 kernels (within one grey level of PIL's, 3x faster); False decodes every
     pixel and resizes with PIL (the pixels of exports made before this setting existed)."""
 
-    def __init__(self, size: int, mean: list[float], std: list[float], resample: str = "bicubic", fast: bool = True) -> None:
+    def __init__(
+        self, size: int, mean: list[float], std: list[float], resample: str = "bicubic", fast: bool = True
+    ) -> None:
         if resample.upper() not in Image.Resampling.__members__:
-            raise ValueError(f"resample: got '{resample}', expected one of {[m.lower() for m in Image.Resampling.__members__]}")
+            raise ValueError(
+                f"resample: got '{resample}', expected one of {[m.lower() for m in Image.Resampling.__members__]}"
+            )
         self.size = size
         self.resample = resample.lower()
         self.fast = fast
@@ -45,8 +54,13 @@ class ImagePreprocessor:
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> ImagePreprocessor:
         """Rebuild from `to_dict`'s output (files without `resample` are bicubic, without `fast` the old path)."""
-        return cls(settings["size"], settings["mean"], settings["std"], settings.get("resample", "bicubic"),
-                   settings.get("fast", False))
+        return cls(
+            settings["size"],
+            settings["mean"],
+            settings["std"],
+            settings.get("resample", "bicubic"),
+            settings.get("fast", False),
+        )
 
     def to_uint8(self, image: Image.Image) -> Tensor:
         """A decoded PIL image as RGB, resized to (size, size, 3) uint8."""
@@ -84,8 +98,13 @@ class ImagePreprocessor:
 
     def to_dict(self) -> dict[str, object]:
         """Settings for an exported checkpoint's preprocessing file."""
-        return {"size": self.size, "mean": self.mean_values, "std": self.std_values, "resample": self.resample,
-                "fast": self.fast}
+        return {
+            "size": self.size,
+            "mean": self.mean_values,
+            "std": self.std_values,
+            "resample": self.resample,
+            "fast": self.fast,
+        }
 
 
 class ImageFiles(Dataset[tuple[Tensor | None, int]]):
@@ -122,13 +141,19 @@ def loader_workers(setting: int | str) -> int:
     return max(1, min(16, len(os.sched_getaffinity(0)) // ranks - 1))
 
 
-def image_batches(paths: Sequence[str | Path], preprocess: ImagePreprocessor, batch_size: int,
-                  num_workers: int) -> DataLoader:
+def image_batches(
+    paths: Sequence[str | Path], preprocess: ImagePreprocessor, batch_size: int, num_workers: int
+) -> DataLoader:
     """Batches of `paths` in order, as `collate_images` gives them, decoded by `num_workers` processes (pinned
     for a fast copy when there is a GPU)."""
-    return DataLoader(ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=collate_images, pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(0))  # keeps the global RNG untouched
+    return DataLoader(
+        ImageFiles(paths, preprocess),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_images,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(0),
+    )  # keeps the global RNG untouched
 
 
 def _processor_size(processor: dict[str, Any]) -> int | None:
@@ -154,9 +179,12 @@ def hf_preprocessing(encoder: EncoderConfig) -> dict[str, Any]:
     processor = _hf_settings(encoder.pretrained, ImageProcessingMixin.get_image_processor_dict)
     model_config = _hf_settings(encoder.pretrained, PretrainedConfig.get_config_dict)
     resample = processor.get("resample")
-    return {"size": encoder.config.get("image_size") or _processor_size(processor) or model_config.get("image_size"),
-            "mean": processor.get("image_mean"), "std": processor.get("image_std"),
-            "resample": Image.Resampling(resample).name.lower() if isinstance(resample, int) else None}
+    return {
+        "size": encoder.config.get("image_size") or _processor_size(processor) or model_config.get("image_size"),
+        "mean": processor.get("image_mean"),
+        "std": processor.get("image_std"),
+        "resample": Image.Resampling(resample).name.lower() if isinstance(resample, int) else None,
+    }
 
 
 def resolve_image_preprocessing(config: Config) -> ImagePreprocessor:
@@ -168,8 +196,12 @@ def resolve_image_preprocessing(config: Config) -> ImagePreprocessor:
         found = timm_preprocessing(encoder, "model.image")
     else:
         found = hf_preprocessing(encoder)
-    explicit = {"size": config.data.image_size, "mean": config.data.image_mean, "std": config.data.image_std,
-                "fast": config.data.fast_decode}
+    explicit = {
+        "size": config.data.image_size,
+        "mean": config.data.image_mean,
+        "std": config.data.image_std,
+        "fast": config.data.fast_decode,
+    }
     settings = dict(DEFAULTS)
     for source in (found, explicit):
         settings.update({k: v for k, v in source.items() if v is not None})

@@ -57,27 +57,45 @@ def _path(source: SourceConfig, name: str) -> Path:
     return path
 
 
-def load_source(source: SourceConfig, name: str, preprocess: ImagePreprocessor, seed: int,
-                dropped: Dropped) -> Dataset[PairSample] | ShardedPairs:
+def load_source(
+    source: SourceConfig, name: str, preprocess: ImagePreprocessor, seed: int, dropped: Dropped
+) -> Dataset[PairSample] | ShardedPairs:
     """The pairs of one configured source; rows or captions it cannot use are counted in `dropped`."""
     if source.image_root is not None and not Path(source.image_root).is_dir():
         raise FileNotFoundError(f"{name}.image_root: '{source.image_root}' is not a folder")
     if source.kind == "karpathy":
-        return CaptionPairDataset(load_karpathy_split(_path(source, name), source.split, source.image_root, dropped), preprocess)
+        return CaptionPairDataset(
+            load_karpathy_split(_path(source, name), source.split, source.image_root, dropped), preprocess
+        )
     if source.kind == "table":
         from mmd2v2.data.tables import load_table
 
-        records = load_table(_path(source, name), source.image_column, source.caption_column, source.image_root,
-                             source.img2dataset_dir, dropped)
+        records = load_table(
+            _path(source, name),
+            source.image_column,
+            source.caption_column,
+            source.image_root,
+            source.img2dataset_dir,
+            dropped,
+        )
         return CaptionPairDataset(records, preprocess)
     if source.kind == "hf":
         from mmd2v2.data.hf_source import HFCaptionPairs, load_hf_dataset
 
         dataset = load_hf_dataset(str(source.path), source.split)
-        return HFCaptionPairs(dataset, source.image_column, source.caption_column, preprocess, str(source.path), dropped)
+        return HFCaptionPairs(
+            dataset, source.image_column, source.caption_column, preprocess, str(source.path), dropped
+        )
     shards = expand_shards(source.path, f"{name}.path")
-    return ShardedPairs(shards, [count_samples(s) for s in shards], source.image_keys, source.caption_key,
-                        source.caption_column, preprocess, seed)
+    return ShardedPairs(
+        shards,
+        [count_samples(s) for s in shards],
+        source.image_keys,
+        source.caption_key,
+        source.caption_column,
+        preprocess,
+        seed,
+    )
 
 
 def load_training_data(sources: list[SourceConfig], preprocess: ImagePreprocessor, seed: int) -> TrainingData:
@@ -90,17 +108,47 @@ def load_training_data(sources: list[SourceConfig], preprocess: ImagePreprocesso
     return data
 
 
-def training_loader(data: TrainingData, collate: PairCollator, micro_batch: int, accumulation: int, rank: int,
-                    world: int, num_workers: int, seed: int, start_step: int, total_steps: int) -> DataLoader:
+def training_loader(
+    data: TrainingData,
+    collate: PairCollator,
+    micro_batch: int,
+    accumulation: int,
+    rank: int,
+    world: int,
+    num_workers: int,
+    seed: int,
+    start_step: int,
+    total_steps: int,
+) -> DataLoader:
     """This rank's micro-batches for optimizer steps `start_step` onwards, the same as an uninterrupted run's."""
     if not data.streaming:
-        sampler = ResumableBatchSampler(data.num_pairs, micro_batch, accumulation, world, rank, seed, start_step,
-                                        total_steps, with_epoch=getattr(data.sources[0].data, "wants_epoch", False))
-        return DataLoader(data.sources[0].data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                          pin_memory=torch.cuda.is_available(),  # uint8 batches copied to the GPU without waiting
-                          generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
-    stream = MixedPairStream(data.sources, micro_batch, rank, world, num_workers, seed, start_step * accumulation,
-                             total_steps * accumulation)
-    return DataLoader(stream, batch_size=micro_batch, collate_fn=collate, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
+        sampler = ResumableBatchSampler(
+            data.num_pairs,
+            micro_batch,
+            accumulation,
+            world,
+            rank,
+            seed,
+            start_step,
+            total_steps,
+            with_epoch=getattr(data.sources[0].data, "wants_epoch", False),
+        )
+        return DataLoader(
+            data.sources[0].data,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),  # uint8 batches copied to the GPU without waiting
+            generator=torch.Generator().manual_seed(seed),
+        )  # keeps the global RNG untouched
+    stream = MixedPairStream(
+        data.sources, micro_batch, rank, world, num_workers, seed, start_step * accumulation, total_steps * accumulation
+    )
+    return DataLoader(
+        stream,
+        batch_size=micro_batch,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),
+    )  # keeps the global RNG untouched

@@ -116,8 +116,14 @@ def _is_text(value: object) -> bool:
     return isinstance(value, str) and not any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
-def load_table(path: str | Path, image_column: str, caption_column: str, image_root: str | Path | None = None,
-               img2dataset_dir: str | Path | None = None, dropped: Dropped | None = None) -> list[ImageRecord]:
+def load_table(
+    path: str | Path,
+    image_column: str,
+    caption_column: str,
+    image_root: str | Path | None = None,
+    img2dataset_dir: str | Path | None = None,
+    dropped: Dropped | None = None,
+) -> list[ImageRecord]:
     """Records of a table: rows grouped by image; bad rows are dropped and counted by reason in `dropped`."""
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
@@ -135,5 +141,7 @@ def load_table(path: str | Path, image_column: str, caption_column: str, image_r
             captions.setdefault(image, []).append(caption.strip())
     if not captions:
         raise ValueError(f"{path}: no usable row (dropped: {dropped.summary()})")
-    return [ImageRecord(index, downloads[image] if image in downloads else root / image, tuple(texts))
-            for index, (image, texts) in enumerate(captions.items())]
+    return [
+        ImageRecord(index, downloads[image] if image in downloads else root / image, tuple(texts))
+        for index, (image, texts) in enumerate(captions.items())
+    ]

@@ -26,7 +26,11 @@ def unknown_words(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[
     if backend is None or type(backend.model).__name__ != "WordLevel":
         return []
     vocab = tokenizer.get_vocab()
-    words = {word for text in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))}
+    words = {
+        word
+        for text in texts
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))
+    }
     return sorted(words - set(vocab))
 
 
@@ -65,9 +69,13 @@ def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTo
     """
     source = config.data.tokenizer or config.model.text.pretrained
     if not source and not captions:
-        raise ValueError("data.tokenizer (or model.text.pretrained) must be set: webdataset shards give no caption "
-                         "list to build a word vocabulary from")
-    tokenizer = load_tokenizer(source) if source else build_word_tokenizer([w for c in captions for w in c.lower().split()])
+        raise ValueError(
+            "data.tokenizer (or model.text.pretrained) must be set: webdataset shards give no caption "
+            "list to build a word vocabulary from"
+        )
+    tokenizer = (
+        load_tokenizer(source) if source else build_word_tokenizer([w for c in captions for w in c.lower().split()])
+    )
     if config.model.text.pretrained is None:
         text_cfg = dict(config.model.text.config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
         text = dataclasses.replace(config.model.text, config=text_cfg)

@@ -31,7 +31,9 @@ def expand_shards(path: str | list[str], name: str) -> list[Path]:
     shards = [Path(url) for pattern in patterns for url in expand_urls(pattern)]
     missing = [str(shard) for shard in shards if not shard.is_file()]
     if missing:
-        raise FileNotFoundError(f"{name}: shard '{missing[0]}' does not exist ({len(missing)} of {len(shards)} missing)")
+        raise FileNotFoundError(
+            f"{name}: shard '{missing[0]}' does not exist ({len(missing)} of {len(shards)} missing)"
+        )
     return shards
 
 
@@ -71,8 +73,16 @@ def sample_id(shard: Path, key: str) -> int:
 class ShardedPairs:
     """One webdataset source: each reader slot streams whole shards, from a shard order shuffled per epoch."""
 
-    def __init__(self, shards: list[Path], counts: list[int], image_keys: list[str], caption_key: str,
-                 caption_field: str, preprocess: ImagePreprocessor, seed: int) -> None:
+    def __init__(
+        self,
+        shards: list[Path],
+        counts: list[int],
+        image_keys: list[str],
+        caption_key: str,
+        caption_field: str,
+        preprocess: ImagePreprocessor,
+        seed: int,
+    ) -> None:
         self.shards = [s for s, c in zip(shards, counts, strict=True) if c > 0]
         self.counts = [c for c in counts if c > 0]
         self.image_keys = image_keys

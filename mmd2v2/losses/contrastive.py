@@ -42,22 +42,31 @@ def masked_cross_entropy(logits: Tensor, exclude: Tensor, offset: int = 0) -> Te
     return F.cross_entropy(logits, offset + torch.arange(len(logits), device=logits.device))
 
 
-def keys_with_bank(keys: Tensor, key_ids: Tensor, query_ids: Tensor, offset: int,
-                   bank: FeatureQueue | None) -> tuple[Tensor, Tensor]:
+def keys_with_bank(
+    keys: Tensor, key_ids: Tensor, query_ids: Tensor, offset: int, bank: FeatureQueue | None
+) -> tuple[Tensor, Tensor]:
     """Candidate columns [global batch keys; bank entries] and, per query, the columns excluded from its softmax."""
     exclude = excluded_columns(query_ids, key_ids, offset)
     if bank is None:
         return keys, exclude
     bank_keys, bank_ids = bank.contents()
-    return (torch.cat([keys, bank_keys.to(keys.dtype)]),
-            torch.cat([exclude, excluded_columns(query_ids, bank_ids, None)], dim=1))
+    return (
+        torch.cat([keys, bank_keys.to(keys.dtype)]),
+        torch.cat([exclude, excluded_columns(query_ids, bank_ids, None)], dim=1),
+    )
 
 
 class ContrastiveLoss(LearnableLogitScale):
     """CLIP-style loss in which other captions of the same image are never negatives."""
 
-    def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0, learnable_temperature: bool = True,
-                 memory_bank_size: int = 0, embed_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        init_temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+        learnable_temperature: bool = True,
+        memory_bank_size: int = 0,
+        embed_dim: int | None = None,
+    ) -> None:
         super().__init__(init_temperature, max_logit_scale, learnable_temperature)
         self.image_bank: FeatureQueue | None = None
         self.text_bank: FeatureQueue | None = None
@@ -67,7 +76,9 @@ class ContrastiveLoss(LearnableLogitScale):
             self.image_bank = FeatureQueue(memory_bank_size, embed_dim)
             self.text_bank = FeatureQueue(memory_bank_size, embed_dim)
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor, image_ids: Tensor, batch_size: int | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, image_emb: Tensor, text_emb: Tensor, image_ids: Tensor, batch_size: int | None = None
+    ) -> dict[str, Tensor]:
         """Loss terms for pairs (image_emb[i], text_emb[i]) of L2-normalised embeddings; banks are updated after.
 
         With several data-parallel ranks this rank's rows are queries against every rank's rows (each rank padded
@@ -84,5 +95,9 @@ class ContrastiveLoss(LearnableLogitScale):
         for bank, emb in ((self.image_bank, all_images), (self.text_bank, all_texts)):
             if bank is not None:
                 bank.enqueue(emb, all_ids)
-        return {"contrastive": (i2t + t2i) / 2, "contrastive_i2t": i2t, "contrastive_t2i": t2i,
-                "logit_scale": scale.detach()}
+        return {
+            "contrastive": (i2t + t2i) / 2,
+            "contrastive_i2t": i2t,
+            "contrastive_t2i": t2i,
+            "logit_scale": scale.detach(),
+        }

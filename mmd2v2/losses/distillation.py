@@ -29,13 +29,20 @@ def regression_distillation(student: Tensor, target: Tensor, kind: str = "mse") 
 class ContrastiveDistillation(LearnableLogitScale):
     """InfoNCE of student outputs against [teacher CLS of the batch; a FIFO bank of past teacher CLS]."""
 
-    def __init__(self, teacher_dim: int, bank_size: int = 65536, init_temperature: float = 0.07,
-                 max_logit_scale: float = 100.0) -> None:
+    def __init__(
+        self, teacher_dim: int, bank_size: int = 65536, init_temperature: float = 0.07, max_logit_scale: float = 100.0
+    ) -> None:
         super().__init__(init_temperature, max_logit_scale)
         self.bank = FeatureQueue(bank_size, teacher_dim)
 
-    def forward(self, student_image: Tensor, student_text: Tensor, teacher_cls: Tensor, image_ids: Tensor,
-                batch_size: int | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        student_image: Tensor,
+        student_text: Tensor,
+        teacher_cls: Tensor,
+        image_ids: Tensor,
+        batch_size: int | None = None,
+    ) -> dict[str, Tensor]:
         """Loss terms; this rank's students against every rank's teacher vectors, which then join the bank."""
         size = batch_size or len(image_ids)
         scale = self.logit_scale()
@@ -45,5 +52,9 @@ class ContrastiveDistillation(LearnableLogitScale):
         kd_image = masked_cross_entropy(scale * F.normalize(student_image.float(), dim=-1) @ keys.T, exclude, offset)
         kd_text = masked_cross_entropy(scale * F.normalize(student_text.float(), dim=-1) @ keys.T, exclude, offset)
         self.bank.enqueue(teacher, all_ids)
-        return {"kd": 0.5 * kd_image + 0.5 * kd_text, "kd_image": kd_image, "kd_text": kd_text,
-                "kd_logit_scale": scale.detach()}
+        return {
+            "kd": 0.5 * kd_image + 0.5 * kd_text,
+            "kd_image": kd_image,
+            "kd_text": kd_text,
+            "kd_logit_scale": scale.detach(),
+        }

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from mmd2v2.config import LossConfig
 from mmd2v2.losses.contrastive import ContrastiveLoss
 from mmd2v2.losses.distillation import ContrastiveDistillation, regression_distillation
-from mmd2v2.models.mmd2v2 import ModalityOutput
+from mmd2v2.models.dual_encoder import ModalityOutput
 
 
 class MMD2V2Objective(nn.Module):
@@ -22,25 +22,41 @@ class MMD2V2Objective(nn.Module):
     def __init__(self, cfg: LossConfig, embed_dim: int, teacher_dim: int | None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.contrastive = ContrastiveLoss(
-            init_temperature=cfg.init_temperature,
-            max_logit_scale=cfg.max_logit_scale,
-            learnable_temperature=cfg.learnable_temperature,
-            memory_bank_size=cfg.contrastive_memory_bank,
-            embed_dim=embed_dim,
-        ) if cfg.contrastive_weight > 0 else None
+        self.contrastive = (
+            ContrastiveLoss(
+                init_temperature=cfg.init_temperature,
+                max_logit_scale=cfg.max_logit_scale,
+                learnable_temperature=cfg.learnable_temperature,
+                memory_bank_size=cfg.contrastive_memory_bank,
+                embed_dim=embed_dim,
+            )
+            if cfg.contrastive_weight > 0
+            else None
+        )
         if cfg.kd_weight > 0 and teacher_dim is None:
             raise ValueError(f"loss.kd_weight is {cfg.kd_weight} but there is no teacher (teacher.enabled: false)")
         self.uses_teacher = cfg.kd_weight > 0
-        self.contrastive_kd = ContrastiveDistillation(
-            teacher_dim, bank_size=cfg.kd_bank_size, init_temperature=cfg.kd_init_temperature,
-            max_logit_scale=cfg.max_logit_scale,
-        ) if self.uses_teacher and cfg.kd_kind == "contrastive" and teacher_dim else None
+        self.contrastive_kd = (
+            ContrastiveDistillation(
+                teacher_dim,
+                bank_size=cfg.kd_bank_size,
+                init_temperature=cfg.kd_init_temperature,
+                max_logit_scale=cfg.max_logit_scale,
+            )
+            if self.uses_teacher and cfg.kd_kind == "contrastive" and teacher_dim
+            else None
+        )
         if self.contrastive is None and not self.uses_teacher:
             raise ValueError("loss: both loss.contrastive_weight and loss.kd_weight are 0: nothing to train")
 
-    def forward(self, image: ModalityOutput, text: ModalityOutput, teacher_cls: Tensor | None, image_ids: Tensor,
-                batch_size: int | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        image: ModalityOutput,
+        text: ModalityOutput,
+        teacher_cls: Tensor | None,
+        image_ids: Tensor,
+        batch_size: int | None = None,
+    ) -> dict[str, Tensor]:
         """All loss terms of one batch, and their weighted total under "loss" (`batch_size`: the configured
         micro-batch, to which ranks pad their rows when they gather the global batch)."""
         terms: dict[str, Tensor] = {}

@@ -15,8 +15,13 @@ from typing import Any
 
 import torch
 
-TENSOR_REBUILDERS = {("torch._tensor", "_rebuild_from_type_v2"), ("torch.nn.parameter", "Parameter"),
-                     ("torch", "Size"), ("torch", "device"), ("collections", "OrderedDict")}
+TENSOR_REBUILDERS = {
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("collections", "OrderedDict"),
+}
 SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "range"}
 
 
@@ -56,7 +61,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return trusted if trusted is not None else _stand_in(module, name)
 
 
-RESTRICTED_PICKLE = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=pickle.load, __name__="restricted_pickle")
+RESTRICTED_PICKLE = types.SimpleNamespace(
+    Unpickler=_RestrictedUnpickler, load=pickle.load, __name__="restricted_pickle"
+)
 
 
 def read_checkpoint(path: Path, option: str = "--checkpoint") -> dict[str, Any]:
@@ -73,9 +80,15 @@ def read_checkpoint(path: Path, option: str = "--checkpoint") -> dict[str, Any]:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=RESTRICTED_PICKLE)
         except Exception as error:  # noqa: BLE001 - any failure to parse the file becomes one line
-            raise ValueError(f"{option}: '{path}' is not a readable torch checkpoint ({str(error).splitlines()[0][:160]})") from None
+            raise ValueError(
+                f"{option}: '{path}' is not a readable torch checkpoint ({str(error).splitlines()[0][:160]})"
+            ) from None
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"{option}: '{path}' is not a readable torch checkpoint ({str(error).splitlines()[0][:160]})") from None
+        raise ValueError(
+            f"{option}: '{path}' is not a readable torch checkpoint ({str(error).splitlines()[0][:160]})"
+        ) from None
     if not isinstance(loaded, dict):
-        raise ValueError(f"{option}: '{path}' holds a {type(loaded).__name__}, expected a dict of tensors or a training checkpoint")
+        raise ValueError(
+            f"{option}: '{path}' holds a {type(loaded).__name__}, expected a dict of tensors or a training checkpoint"
+        )
     return loaded

@@ -20,20 +20,29 @@ DROPPED_PREFIXES = ("lm_head.", "cls_pt_layers.", "head.", "fc_norm.")  # pretra
 DROPPED_NAMES = ("mask_token",)
 DROPPED_SUFFIXES = ("relative_position_index",)  # rebuilt by transformers from the image size
 BLOCK_RENAMES = {
-    "norm1.weight": "layernorm_before.weight", "norm1.bias": "layernorm_before.bias",
-    "norm2.weight": "layernorm_after.weight", "norm2.bias": "layernorm_after.bias",
-    "attn.proj.weight": "attention.output.dense.weight", "attn.proj.bias": "attention.output.dense.bias",
-    "attn.q_bias": "attention.attention.query.bias", "attn.v_bias": "attention.attention.value.bias",
+    "norm1.weight": "layernorm_before.weight",
+    "norm1.bias": "layernorm_before.bias",
+    "norm2.weight": "layernorm_after.weight",
+    "norm2.bias": "layernorm_after.bias",
+    "attn.proj.weight": "attention.output.dense.weight",
+    "attn.proj.bias": "attention.output.dense.bias",
+    "attn.q_bias": "attention.attention.query.bias",
+    "attn.v_bias": "attention.attention.value.bias",
     "attn.relative_position_bias_table": "attention.attention.relative_position_bias.relative_position_bias_table",
-    "gamma_1": "lambda_1", "gamma_2": "lambda_2",
-    "mlp.fc1.weight": "intermediate.dense.weight", "mlp.fc1.bias": "intermediate.dense.bias",
-    "mlp.fc2.weight": "output.dense.weight", "mlp.fc2.bias": "output.dense.bias",
+    "gamma_1": "lambda_1",
+    "gamma_2": "lambda_2",
+    "mlp.fc1.weight": "intermediate.dense.weight",
+    "mlp.fc1.bias": "intermediate.dense.bias",
+    "mlp.fc2.weight": "output.dense.weight",
+    "mlp.fc2.bias": "output.dense.bias",
 }
 TOP_RENAMES = {
-    "cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+    "cls_token": "embeddings.cls_token",
+    "pos_embed": "embeddings.position_embeddings",
     "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
     "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-    "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
     "rel_pos_bias.relative_position_bias_table": "encoder.relative_position_bias.relative_position_bias_table",
 }
 
@@ -48,7 +57,7 @@ def _unwrap(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
         raise ValueError("checkpoint: expected a state dict of tensors (possibly under 'model' or 'state_dict')")
     for prefix in ("encoder.", "beit.", "module."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -70,16 +79,26 @@ def convert_beit_state(checkpoint: dict[str, Any], image_size: int = 224) -> tup
     grid = image_size // patch
     expected_rows = (2 * grid - 1) ** 2 + 3
     if state[tables[0]].shape[0] != expected_rows:
-        raise ValueError(f"checkpoint: '{tables[0]}' has {state[tables[0]].shape[0]} rows, image size {image_size} with "
-                         f"patch {patch} needs {expected_rows}: pass the image size the checkpoint was trained at")
+        raise ValueError(
+            f"checkpoint: '{tables[0]}' has {state[tables[0]].shape[0]} rows, image size {image_size} with "
+            f"patch {patch} needs {expected_rows}: pass the image size the checkpoint was trained at"
+        )
     config = {
-        "hidden_size": width, "num_hidden_layers": depth, "num_attention_heads": heads,
-        "intermediate_size": state["blocks.0.mlp.fc1.weight"].shape[0], "image_size": image_size, "patch_size": patch,
-        "layer_norm_eps": 1e-6, "use_mean_pooling": False, "use_absolute_position_embeddings": "pos_embed" in state,
+        "hidden_size": width,
+        "num_hidden_layers": depth,
+        "num_attention_heads": heads,
+        "intermediate_size": state["blocks.0.mlp.fc1.weight"].shape[0],
+        "image_size": image_size,
+        "patch_size": patch,
+        "layer_norm_eps": 1e-6,
+        "use_mean_pooling": False,
+        "use_absolute_position_embeddings": "pos_embed" in state,
         "use_relative_position_bias": "blocks.0.attn.relative_position_bias_table" in state,
         "use_shared_relative_position_bias": "rel_pos_bias.relative_position_bias_table" in state,
         "layer_scale_init_value": 0.1 if "blocks.0.gamma_1" in state else 0.0,
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "drop_path_rate": 0.0,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "drop_path_rate": 0.0,
     }
     converted: dict[str, Tensor] = {}
     for name, tensor in state.items():

@@ -29,11 +29,16 @@ from mmd2v2.models.hf_folder import write_hf_folder
 MODALITIES = {"image": "IMAGE", "text": "TEXT"}
 DROPPED = re.compile(r"^(_ema|shared_decoder\.|recon_proj\.|ema\.|modality_encoders\.\w+\.decoder\.)")
 BLOCK_RENAMES = {  # fairseq AltBlock → BERT-style names (Data2VecText and data2vec2-vision share them)
-    "attn.proj.weight": "attention.output.dense.weight", "attn.proj.bias": "attention.output.dense.bias",
-    "norm1.weight": "attention.output.LayerNorm.weight", "norm1.bias": "attention.output.LayerNorm.bias",
-    "mlp.fc1.weight": "intermediate.dense.weight", "mlp.fc1.bias": "intermediate.dense.bias",
-    "mlp.fc2.weight": "output.dense.weight", "mlp.fc2.bias": "output.dense.bias",
-    "norm2.weight": "output.LayerNorm.weight", "norm2.bias": "output.LayerNorm.bias",
+    "attn.proj.weight": "attention.output.dense.weight",
+    "attn.proj.bias": "attention.output.dense.bias",
+    "norm1.weight": "attention.output.LayerNorm.weight",
+    "norm1.bias": "attention.output.LayerNorm.bias",
+    "mlp.fc1.weight": "intermediate.dense.weight",
+    "mlp.fc1.bias": "intermediate.dense.bias",
+    "mlp.fc2.weight": "output.dense.weight",
+    "mlp.fc2.bias": "output.dense.bias",
+    "norm2.weight": "output.LayerNorm.weight",
+    "norm2.bias": "output.LayerNorm.bias",
 }
 TEXT_RENAMES = {
     "local_encoder.embed_tokens.weight": "embeddings.word_embeddings.weight",
@@ -65,8 +70,9 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
     """The model's tensors: a fairseq checkpoint's 'model', or the dict itself when it is a bare state dict."""
     state = checkpoint.get("model", checkpoint)
     if not isinstance(state, dict) or not any(k.startswith("modality_encoders.") for k in state):
-        raise ValueError("checkpoint: no 'modality_encoders.*' tensors (expected a fairseq data2vec 2.0 "
-                         "'data2vec_multi' checkpoint)")
+        raise ValueError(
+            "checkpoint: no 'modality_encoders.*' tensors (expected a fairseq data2vec 2.0 'data2vec_multi' checkpoint)"
+        )
     return {k: v for k, v in state.items() if isinstance(v, Tensor) and not DROPPED.match(k)}
 
 
@@ -81,18 +87,24 @@ def _block_tensors(source: dict[str, Tensor], width: int, index: int, where: str
     for name, tensor in source.items():
         if name in ("attn.qkv.weight", "attn.qkv.bias"):
             if tensor.shape[0] != 3 * width:
-                raise ValueError(f"checkpoint: '{where}.{index}.{name}' has shape {tuple(tensor.shape)}, "
-                                 f"expected {3 * width} rows (q, k, v of width {width})")
+                raise ValueError(
+                    f"checkpoint: '{where}.{index}.{name}' has shape {tuple(tensor.shape)}, "
+                    f"expected {3 * width} rows (q, k, v of width {width})"
+                )
             kind = name.rsplit(".", 1)[1]
             for part, chunk in zip(("query", "key", "value"), tensor.chunk(3)):
                 out[f"attention.self.{part}.{kind}"] = chunk
         elif name in BLOCK_RENAMES:
             out[BLOCK_RENAMES[name]] = tensor
         else:
-            raise ValueError(f"checkpoint: unexpected tensor '{where}.{index}.{name}' (cosine attention and other "
-                             "block variants are not supported)")
+            raise ValueError(
+                f"checkpoint: unexpected tensor '{where}.{index}.{name}' (cosine attention and other "
+                "block variants are not supported)"
+            )
     if "attn.qkv.bias" not in source:
-        raise ValueError(f"checkpoint: '{where}.{index}' has no attn.qkv.bias (data2vec 2.0 blocks have q, k, v biases)")
+        raise ValueError(
+            f"checkpoint: '{where}.{index}' has no attn.qkv.bias (data2vec 2.0 blocks have q, k, v biases)"
+        )
     return out
 
 
@@ -113,7 +125,12 @@ def _stack_blocks(state: dict[str, Tensor], encoder: str, width: int) -> dict[st
     for prefix in (f"{encoder}.context_encoder.blocks", "blocks"):
         blocks = _group_blocks(state, prefix)
         for index in sorted(blocks):
-            out.update({f"encoder.layer.{layer}.{k}": v for k, v in _block_tensors(blocks[index], width, index, prefix).items()})
+            out.update(
+                {
+                    f"encoder.layer.{layer}.{k}": v
+                    for k, v in _block_tensors(blocks[index], width, index, prefix).items()
+                }
+            )
             layer += 1
     if layer == 0:
         raise ValueError("checkpoint: no 'blocks.N.*' tensors (expected the data2vec 2.0 transformer blocks)")
@@ -123,8 +140,10 @@ def _stack_blocks(state: dict[str, Tensor], encoder: str, width: int) -> dict[st
 def _check_variant(settings: dict[str, Any], state: dict[str, Tensor], encoder: str) -> None:
     """Refuse the data2vec 2.0 variants the HF layouts cannot compute."""
     if settings.get("layer_norm_first") or "norm.weight" in state:
-        raise ValueError("checkpoint: pre-LayerNorm model (layer_norm_first: true); only the post-LN data2vec 2.0 "
-                         "base layout is supported")
+        raise ValueError(
+            "checkpoint: pre-LayerNorm model (layer_norm_first: true); only the post-LN data2vec 2.0 "
+            "base layout is supported"
+        )
     if any(k.startswith(f"{encoder}.alibi") for k in state):
         raise ValueError(f"checkpoint: '{encoder}' uses ALiBi attention biases, which the HF layouts cannot apply")
 
@@ -139,14 +158,16 @@ def _heads(settings: dict[str, Any], num_heads: int | None, width: int) -> int:
     return heads
 
 
-def _take(state: dict[str, Tensor], encoder: str, renames: dict[str, str], required: tuple[str, ...]) -> dict[str, Tensor]:
+def _take(
+    state: dict[str, Tensor], encoder: str, renames: dict[str, str], required: tuple[str, ...]
+) -> dict[str, Tensor]:
     """The modality encoder's own tensors under HF names; any other tensor of it is an error."""
     out: dict[str, Tensor] = {}
     prefix = f"{encoder}."
     for key, tensor in state.items():
         if not key.startswith(prefix) or key.startswith(f"{prefix}context_encoder.blocks."):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name not in renames:
             raise ValueError(f"checkpoint: unexpected tensor '{key}' (not part of a data2vec 2.0 encoder)")
         out[renames[name]] = tensor
@@ -156,7 +177,9 @@ def _take(state: dict[str, Tensor], encoder: str, renames: dict[str, str], requi
     return out
 
 
-def convert_image(checkpoint: dict[str, Any], num_heads: int | None = None) -> tuple[Data2Vec2VisionConfig, dict[str, Tensor]]:
+def convert_image(
+    checkpoint: dict[str, Any], num_heads: int | None = None
+) -> tuple[Data2Vec2VisionConfig, dict[str, Tensor]]:
     """(config, state dict) of a `data2vec2-vision` model from a data2vec 2.0 image checkpoint."""
     settings, state = model_settings(checkpoint), model_state(checkpoint)
     encoder = "modality_encoders.IMAGE"
@@ -166,22 +189,33 @@ def convert_image(checkpoint: dict[str, Any], num_heads: int | None = None) -> t
     width, channels, size = patch.shape[0], patch.shape[1], patch.shape[-1]
     cls, positions = converted["embeddings.cls_token"], converted["embeddings.position_embeddings"]
     if cls.shape != (1, 1, width):
-        raise ValueError(f"checkpoint: '{encoder}.extra_tokens' has shape {tuple(cls.shape)}, expected (1, 1, {width}) "
-                         "(exactly one extra token, the CLS)")
+        raise ValueError(
+            f"checkpoint: '{encoder}.extra_tokens' has shape {tuple(cls.shape)}, expected (1, 1, {width}) "
+            "(exactly one extra token, the CLS)"
+        )
     grid = round(positions.shape[1] ** 0.5)
     if positions.dim() != 3 or grid * grid != positions.shape[1]:
-        raise ValueError(f"checkpoint: '{encoder}.fixed_positional_encoder.positions' has shape {tuple(positions.shape)}, "
-                         "expected (1, side², width) for a square patch grid")
+        raise ValueError(
+            f"checkpoint: '{encoder}.fixed_positional_encoder.positions' has shape {tuple(positions.shape)}, "
+            "expected (1, side², width) for a square patch grid"
+        )
     converted.update(_stack_blocks(state, encoder, width))
     config = Data2Vec2VisionConfig(
-        hidden_size=width, num_hidden_layers=1 + max(int(k.split(".")[2]) for k in converted if k.startswith("encoder.layer.")),
+        hidden_size=width,
+        num_hidden_layers=1 + max(int(k.split(".")[2]) for k in converted if k.startswith("encoder.layer.")),
         num_attention_heads=_heads(settings, num_heads, width),
         intermediate_size=converted["encoder.layer.0.intermediate.dense.weight"].shape[0],
-        image_size=grid * size, patch_size=size, num_channels=channels, layer_norm_eps=float(settings.get("norm_eps", 1e-6)))
+        image_size=grid * size,
+        patch_size=size,
+        num_channels=channels,
+        layer_norm_eps=float(settings.get("norm_eps", 1e-6)),
+    )
     return config, {k: v.contiguous().clone() for k, v in converted.items()}
 
 
-def convert_text(checkpoint: dict[str, Any], num_heads: int | None = None, pad_token_id: int = 1) -> tuple[Any, dict[str, Tensor]]:
+def convert_text(
+    checkpoint: dict[str, Any], num_heads: int | None = None, pad_token_id: int = 1
+) -> tuple[Any, dict[str, Tensor]]:
     """(Data2VecTextConfig, state dict) from a data2vec 2.0 text checkpoint (RoBERTa dictionary: pad = 1)."""
     from transformers import Data2VecTextConfig
 
@@ -189,8 +223,10 @@ def convert_text(checkpoint: dict[str, Any], num_heads: int | None = None, pad_t
     encoder = "modality_encoders.TEXT"
     _check_variant(settings, state, encoder)
     if any(k.startswith(f"{encoder}.context_encoder.") for k in state):
-        raise ValueError(f"checkpoint: '{encoder}' has prenet blocks (prenet_depth > 0), which RoBERTa's layout cannot "
-                         "hold; the data2vec 2.0 text base has none")
+        raise ValueError(
+            f"checkpoint: '{encoder}' has prenet blocks (prenet_depth > 0), which RoBERTa's layout cannot "
+            "hold; the data2vec 2.0 text base has none"
+        )
     converted = _take(state, encoder, TEXT_RENAMES, tuple(TEXT_RENAMES))
     vocab, width = converted["embeddings.word_embeddings.weight"].shape
     positions = converted["embeddings.position_embeddings.weight"].shape[0]
@@ -198,22 +234,34 @@ def convert_text(checkpoint: dict[str, Any], num_heads: int | None = None, pad_t
     converted["embeddings.token_type_embeddings.weight"] = torch.zeros(1, width)  # fairseq has no segment embedding
     eps = float(settings.get("norm_eps", 1e-5))
     config = Data2VecTextConfig(
-        vocab_size=vocab, hidden_size=width,
+        vocab_size=vocab,
+        hidden_size=width,
         num_hidden_layers=1 + max(int(k.split(".")[2]) for k in converted if k.startswith("encoder.layer.")),
         num_attention_heads=_heads(settings, num_heads, width),
         intermediate_size=converted["encoder.layer.0.intermediate.dense.weight"].shape[0],
-        max_position_embeddings=positions, type_vocab_size=1, layer_norm_eps=eps, pad_token_id=pad_token_id,
-        bos_token_id=0, eos_token_id=2)
+        max_position_embeddings=positions,
+        type_vocab_size=1,
+        layer_norm_eps=eps,
+        pad_token_id=pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     return config, {k: v.contiguous().clone() for k, v in converted.items()}
 
 
 def write_image_folder(config: Data2Vec2VisionConfig, state: dict[str, Tensor], out: Path) -> Path:
     """The converted image encoder as an HF folder with an ImageNet-normalised, bicubic preprocessor config."""
+
     def preprocessor(folder: Path) -> None:
         from transformers import BeitImageProcessor
 
-        BeitImageProcessor(size={"height": config.image_size, "width": config.image_size}, resample=3,
-                           do_center_crop=False, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(folder)
+        BeitImageProcessor(
+            size={"height": config.image_size, "width": config.image_size},
+            resample=3,
+            do_center_crop=False,
+            image_mean=IMAGENET_MEAN,
+            image_std=IMAGENET_STD,
+        ).save_pretrained(folder)
 
     return write_hf_folder(config, Data2Vec2VisionModel, state, out, extra=preprocessor)
 
@@ -224,7 +272,10 @@ def write_text_folder(config: Any, state: dict[str, Tensor], out: Path, tokenize
 
     loaded = AutoTokenizer.from_pretrained(tokenizer)
     if len(loaded) > config.vocab_size or loaded.pad_token_id != config.pad_token_id:
-        raise ValueError(f"--tokenizer: '{tokenizer}' has {len(loaded)} tokens and pad id {loaded.pad_token_id}, the "
-                         f"checkpoint embeds {config.vocab_size} with pad id {config.pad_token_id} (expected RoBERTa's)")
-    return write_hf_folder(config, Data2VecTextModel, state, out, {"add_pooling_layer": False},
-                           extra=loaded.save_pretrained)
+        raise ValueError(
+            f"--tokenizer: '{tokenizer}' has {len(loaded)} tokens and pad id {loaded.pad_token_id}, the "
+            f"checkpoint embeds {config.vocab_size} with pad id {config.pad_token_id} (expected RoBERTa's)"
+        )
+    return write_hf_folder(
+        config, Data2VecTextModel, state, out, {"add_pooling_layer": False}, extra=loaded.save_pretrained
+    )

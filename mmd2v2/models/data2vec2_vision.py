@@ -22,8 +22,9 @@ def sincos_positions(width: int, grid: int) -> Tensor:
     if width % 4:
         raise ValueError(f"hidden_size: 2-D sine-cosine positions need a multiple of 4, got {width}")
     frequencies = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
-    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
     parts = []
     for coordinate in (cols.flatten(), rows.flatten()):
         angles = coordinate[:, None] * frequencies[None, :]
@@ -53,8 +54,9 @@ class Data2Vec2VisionEmbeddings(nn.Module):
         super().__init__()
         grid = config.image_size // config.patch_size
         self.patch_embeddings = nn.Module()
-        self.patch_embeddings.projection = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size,
-                                                     stride=config.patch_size)
+        self.patch_embeddings.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.register_buffer("position_embeddings", torch.zeros(1, grid * grid, config.hidden_size))
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -74,8 +76,10 @@ class Data2Vec2VisionEmbeddings(nn.Module):
         height, width = patches.shape[-2:]
         tokens = patches.flatten(2).transpose(1, 2)
         if not interpolate_pos_encoding and tokens.shape[1] != self.position_embeddings.shape[1]:
-            raise ValueError(f"pixel_values: {tuple(pixel_values.shape[-2:])} images make {tokens.shape[1]} patches, the "
-                             f"model has {self.position_embeddings.shape[1]} positions (pass interpolate_pos_encoding=True)")
+            raise ValueError(
+                f"pixel_values: {tuple(pixel_values.shape[-2:])} images make {tokens.shape[1]} patches, the "
+                f"model has {self.position_embeddings.shape[1]} positions (pass interpolate_pos_encoding=True)"
+            )
         tokens = tokens + self.positions(height, width).to(tokens.dtype)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
         return self.LayerNorm(tokens)
@@ -94,8 +98,10 @@ class Data2Vec2SelfAttention(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         """(B, T, width) → attended values (B, T, width), before the output projection."""
         batch, length, width = hidden.shape
-        q, k, v = (proj(hidden).view(batch, length, self.heads, -1).transpose(1, 2)
-                   for proj in (self.query, self.key, self.value))
+        q, k, v = (
+            proj(hidden).view(batch, length, self.heads, -1).transpose(1, 2)
+            for proj in (self.query, self.key, self.value)
+        )
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
 
 
@@ -164,8 +170,9 @@ class Data2Vec2VisionModel(PreTrainedModel):
             grid = int(module.position_embeddings.shape[1] ** 0.5)
             init.copy_(module.position_embeddings, sincos_positions(module.position_embeddings.shape[-1], grid))
 
-    def forward(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False,
-                output_hidden_states: bool = False) -> BaseModelOutput:
+    def forward(
+        self, pixel_values: Tensor, interpolate_pos_encoding: bool = False, output_hidden_states: bool = False
+    ) -> BaseModelOutput:
         """Encode (B, 3, H, W) pixels; hidden_states (when asked) holds the embeddings and every block's output."""
         hidden = self.embeddings(pixel_values.to(self.embeddings.cls_token.dtype), interpolate_pos_encoding)
         states = [hidden]

@@ -13,8 +13,14 @@ from transformers import PretrainedConfig, PreTrainedModel
 from mmd2v2.files import replace_folder
 
 
-def write_hf_folder(config: PretrainedConfig, model_class: type[PreTrainedModel], state: dict[str, Tensor], out: Path,
-                    load_kwargs: dict[str, Any] | None = None, extra: Callable[[Path], None] | None = None) -> Path:
+def write_hf_folder(
+    config: PretrainedConfig,
+    model_class: type[PreTrainedModel],
+    state: dict[str, Tensor],
+    out: Path,
+    load_kwargs: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
     """Write config.json + model.safetensors (+ whatever `extra` adds) under a temporary name, check that
     `model_class` loads every tensor from it (nothing missing, unexpected or mis-shaped), then rename it to `out`."""
     from safetensors.torch import save_file
@@ -28,12 +34,18 @@ def write_hf_folder(config: PretrainedConfig, model_class: type[PreTrainedModel]
         if extra is not None:
             extra(tmp)
         _, info = model_class.from_pretrained(tmp, output_loading_info=True, **(load_kwargs or {}))
-        problems = [(kind, key) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
-                    for key in sorted(map(str, info.get(kind) or [])) if "relative_position_index" not in key]
+        problems = [
+            (kind, key)
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+            for key in sorted(map(str, info.get(kind) or []))
+            if "relative_position_index" not in key
+        ]
         if problems:
             kind, key = problems[0]
-            raise ValueError(f"checkpoint: converted {model_class.__name__} has {len(problems)} "
-                             f"{kind.replace('_', ' ')} (first: {key})")
+            raise ValueError(
+                f"checkpoint: converted {model_class.__name__} has {len(problems)} "
+                f"{kind.replace('_', ' ')} (first: {key})"
+            )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

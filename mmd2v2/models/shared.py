@@ -36,7 +36,9 @@ class SharedBlock(nn.Module):
         self.out = nn.Linear(cfg.width, cfg.width)
         self.norm2 = nn.LayerNorm(cfg.width)
         hidden = int(cfg.width * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, cfg.width))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.width, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, cfg.width)
+        )
         scale = cfg.layer_scale_init
         self.scale1 = LayerScale(cfg.width, scale) if scale is not None else nn.Identity()
         self.scale2 = LayerScale(cfg.width, scale) if scale is not None else nn.Identity()
@@ -47,7 +49,9 @@ class SharedBlock(nn.Module):
         b, t, w = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         mask = None if key_padding is None else ~key_padding[:, None, None, :]
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
         x = x + self.drop(self.scale1(self.out(attended.transpose(1, 2).reshape(b, t, w))))
         return x + self.drop(self.scale2(self.mlp(self.norm2(x))))
 

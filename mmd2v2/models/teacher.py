@@ -52,8 +52,14 @@ class ImageTeacher(nn.Module):
     def forward(self, pixel_values: Tensor) -> Tensor:
         """Teacher CLS (B, dim) before or after the final LayerNorm, per `target`. Runs under inference mode (no
         autograd bookkeeping) and, when `autocast_dtype` is set on a GPU, in that precision; returns float32."""
-        with torch.inference_mode(), torch.autocast(pixel_values.device.type, dtype=self.autocast_dtype or torch.float32,
-                                                    enabled=self.autocast_dtype is not None and pixel_values.is_cuda):
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                pixel_values.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None and pixel_values.is_cuda,
+            ),
+        ):
             pixel_values = pixel_values.to(next(self.model.parameters()).dtype)  # the engine may feed bf16
             size = self.image_size
             if pixel_values.shape[-1] != size or pixel_values.shape[-2] != size:

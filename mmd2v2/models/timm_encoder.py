@@ -32,8 +32,10 @@ def timm_source(cfg: EncoderConfig, key: str) -> tuple[str, Path | None, dict[st
     weights = Path(cfg.pretrained) if cfg.pretrained is not None and Path(cfg.pretrained).is_file() else None
     if cfg.pretrained is not None and weights is None:
         if name is not None:
-            raise ConfigError(f"{key}.pretrained: '{cfg.pretrained}' is not a file "
-                              "(expected a weights file, or the timm model name with config.name unset)")
+            raise ConfigError(
+                f"{key}.pretrained: '{cfg.pretrained}' is not a file "
+                "(expected a weights file, or the timm model name with config.name unset)"
+            )
         name, name_key = cfg.pretrained, f"{key}.pretrained"
     if name is None:
         raise ConfigError(f"{name_key}: missing (expected a timm model name such as vit_base_patch16_224)")
@@ -42,8 +44,9 @@ def timm_source(cfg: EncoderConfig, key: str) -> tuple[str, Path | None, dict[st
     return name, weights, kwargs
 
 
-def load_timm_model(cfg: EncoderConfig, modality: str, key: str,
-                    keep_head_norms: bool = False) -> tuple[nn.Module, EncoderConfig]:
+def load_timm_model(
+    cfg: EncoderConfig, modality: str, key: str, keep_head_norms: bool = False
+) -> tuple[nn.Module, EncoderConfig]:
     """The timm model truncated to `cfg.num_blocks` blocks (its norms after the blocks dropped unless
     `keep_head_norms`), and the section that rebuilds it without weights."""
     if modality != "image":
@@ -58,7 +61,9 @@ def load_timm_model(cfg: EncoderConfig, modality: str, key: str,
         raise ConfigError(f"{key}.pretrained: cannot load '{cfg.pretrained}': {str(error).splitlines()[0]}") from None
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not hasattr(model, "forward_features"):
-        raise ConfigError(f"{key}.config.name: timm model '{name}' is not supported (expected a ViT-style model with blocks)")
+        raise ConfigError(
+            f"{key}.config.name: timm model '{name}' is not supported (expected a ViT-style model with blocks)"
+        )
     if cfg.num_blocks is not None:
         if not 1 <= cfg.num_blocks <= len(blocks):
             raise ConfigError(f"{key}.num_blocks: got {cfg.num_blocks}, the model has {len(blocks)} blocks")
@@ -77,5 +82,9 @@ def timm_preprocessing(cfg: EncoderConfig, key: str) -> dict[str, Any]:
     if pretrained_cfg is None and not args:
         return {}
     data = resolve_data_config(args=args, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else None)
-    return {"size": int(data["input_size"][-1]), "mean": list(data["mean"]), "std": list(data["std"]),
-            "resample": data["interpolation"]}
+    return {
+        "size": int(data["input_size"][-1]),
+        "mean": list(data["mean"]),
+        "std": list(data["std"]),
+        "resample": data["interpolation"],
+    }

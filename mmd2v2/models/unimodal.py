@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import logging as hf_logging
 from transformers import (
     AutoConfig,
     BeitConfig,
@@ -30,6 +29,7 @@ from transformers import (
     ViTConfig,
     ViTModel,
 )
+from transformers import logging as hf_logging
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from mmd2v2.config import ConfigError, EncoderConfig
@@ -59,7 +59,10 @@ AUTO = "auto"  # the model class follows the HF config's model_type
 TIMM = "timm"  # a timm image model (optional extra), see mmd2v2.models.timm_encoder
 CONFIG_FAMILIES = {"image": (AUTO, TIMM), "text": (AUTO,)}  # families whose model class comes from the section's config
 INPUT_NAMES = {"image": "pixel_values", "text": "input_ids"}
-FINAL_NORMS = ("layernorm", "norm")  # HF encoders' norm after the last block (ViT, BEiT, DINOv2: layernorm; DINOv3: norm)
+FINAL_NORMS = (
+    "layernorm",
+    "norm",
+)  # HF encoders' norm after the last block (ViT, BEiT, DINOv2: layernorm; DINOv3: norm)
 
 
 def family_for(name: str, modality: str, key: str) -> Family | None:
@@ -89,8 +92,10 @@ def _auto_config(cfg: EncoderConfig, key: str) -> PretrainedConfig:
         try:
             return AutoConfig.from_pretrained(cfg.pretrained, **overrides)
         except ValueError:
-            raise ConfigError(f"{key}.pretrained: '{cfg.pretrained}' has no model type transformers knows "
-                              "(expected a config.json with a model_type)") from None
+            raise ConfigError(
+                f"{key}.pretrained: '{cfg.pretrained}' has no model type transformers knows "
+                "(expected a config.json with a model_type)"
+            ) from None
     model_type = overrides.pop("model_type", None)
     if model_type is None:
         raise ConfigError(f"{key}.config.model_type: missing (family 'auto' without pretrained needs an HF model type)")
@@ -108,13 +113,17 @@ def load_hf_config(cfg: EncoderConfig, modality: str, key: str) -> tuple[Family,
             config = _auto_config(cfg, key)
             return auto_family(config, modality, f"{key}.family"), config
         if family is None:
-            raise ConfigError(f"{key}.family: '{cfg.family}' is not supported here (expected a Hugging Face family or auto)")
+            raise ConfigError(
+                f"{key}.family: '{cfg.family}' is not supported here (expected a Hugging Face family or auto)"
+            )
         if cfg.pretrained is None:
             return family, family.config_class(**cfg.config)
         stored = PretrainedConfig.get_config_dict(cfg.pretrained)[0].get("model_type")
         if stored != family.config_class.model_type:  # other layouts' weight names would silently not load
-            raise ConfigError(f"{key}.family: '{cfg.pretrained}' holds a '{stored}' model, family '{cfg.family}' "
-                              f"loads '{family.config_class.model_type}' (set family: auto to follow the checkpoint)")
+            raise ConfigError(
+                f"{key}.family: '{cfg.pretrained}' holds a '{stored}' model, family '{cfg.family}' "
+                f"loads '{family.config_class.model_type}' (set family: auto to follow the checkpoint)"
+            )
         return family, family.config_class.from_pretrained(cfg.pretrained, **cfg.config)
     except OSError as error:
         raise ConfigError(f"{key}.pretrained: cannot load '{cfg.pretrained}': {str(error).splitlines()[0]}") from None
@@ -137,8 +146,9 @@ def load_hf_model(cfg: EncoderConfig, modality: str, key: str) -> PreTrainedMode
     family, config = load_hf_config(cfg, modality, key)
     depth = getattr(config, "num_hidden_layers", None)
     if not isinstance(depth, int):
-        raise ConfigError(f"{key}.family: model type '{config.model_type}' has no num_hidden_layers "
-                          "(expected a transformer encoder)")
+        raise ConfigError(
+            f"{key}.family: model type '{config.model_type}' has no num_hidden_layers (expected a transformer encoder)"
+        )
     if cfg.num_blocks is not None:
         if not 1 <= cfg.num_blocks <= depth:
             raise ConfigError(f"{key}.num_blocks: got {cfg.num_blocks}, the model has {depth} blocks")
@@ -161,16 +171,20 @@ def load_hf_model(cfg: EncoderConfig, modality: str, key: str) -> PreTrainedMode
     except TypeError:
         blocks = None
     if blocks is None or len(blocks) != model.config.num_hidden_layers:
-        raise ConfigError(f"{key}.family: {type(model).__name__} is not supported (expected embeddings and one "
-                          "ModuleList of num_hidden_layers blocks: encoder.layer, layers or model.layer)")
+        raise ConfigError(
+            f"{key}.family: {type(model).__name__} is not supported (expected embeddings and one "
+            "ModuleList of num_hidden_layers blocks: encoder.layer, layers or model.layer)"
+        )
     return model
 
 
-def shape_mismatch(model_class: type[PreTrainedModel], pretrained: str, config: PretrainedConfig,
-                   kwargs: dict[str, Any], key: str) -> str:
+def shape_mismatch(
+    model_class: type[PreTrainedModel], pretrained: str, config: PretrainedConfig, kwargs: dict[str, Any], key: str
+) -> str:
     """One line naming the first checkpoint tensor whose shape differs from what `config` builds."""
-    _, info = model_class.from_pretrained(pretrained, config=config, ignore_mismatched_sizes=True,
-                                          output_loading_info=True, **kwargs)
+    _, info = model_class.from_pretrained(
+        pretrained, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+    )
     if not info.get("mismatched_keys"):
         return f"{key}.pretrained: the weights in '{pretrained}' do not match the config"
     name, stored, wanted = sorted(info["mismatched_keys"])[0]
@@ -219,8 +233,9 @@ class UnimodalEncoder(nn.Module):
             for final_norm in FINAL_NORMS:
                 if isinstance(getattr(self.model, final_norm, None), nn.LayerNorm):
                     setattr(self.model, final_norm, nn.Identity())  # output = raw hidden state after block N
-            self.architecture = dataclasses.replace(cfg, pretrained=None, config=portable_config_dict(self.model.config),
-                                                    num_blocks=None)
+            self.architecture = dataclasses.replace(
+                cfg, pretrained=None, config=portable_config_dict(self.model.config), num_blocks=None
+            )
             self.width = int(self.model.config.hidden_size)
             self.interpolates = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
         apply_freezing(self.model, cfg.freeze, cfg.unfreeze_top)
@@ -255,5 +270,7 @@ class UnimodalEncoder(nn.Module):
             return self.model(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
         if not isinstance(self.model, PreTrainedModel):
             return self.model.forward_features(inputs)  # timm: tokens after the last kept block
-        kwargs = {"interpolate_pos_encoding": inputs.shape[-1] != self.model.config.image_size} if self.interpolates else {}
+        kwargs = (
+            {"interpolate_pos_encoding": inputs.shape[-1] != self.model.config.image_size} if self.interpolates else {}
+        )
         return self.model(pixel_values=inputs, **kwargs).last_hidden_state

@@ -60,8 +60,10 @@ class Data2Vec2Config:
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'objective.{key}': got {getattr(self, key)}, expected an integer >= 1")
         if not 0 <= self.ema_decay <= self.ema_end_decay <= 1:
-            raise ConfigError(f"config key 'objective.ema_decay': got {self.ema_decay} -> {self.ema_end_decay}, "
-                              "expected 0 <= ema_decay <= ema_end_decay <= 1")
+            raise ConfigError(
+                f"config key 'objective.ema_decay': got {self.ema_decay} -> {self.ema_end_decay}, "
+                "expected 0 <= ema_decay <= ema_end_decay <= 1"
+            )
 
 
 @dataclass
@@ -69,7 +71,9 @@ class PretrainDataConfig:
     """Unpaired training data: a folder of images or a text file of captions (one per line)."""
 
     images: str | None = None  # folder searched recursively; files that do not decode are skipped and counted
-    texts: str | None = None  # UTF-8 text file, one caption per line; empty or undecodable lines are skipped and counted
+    texts: str | None = (
+        None  # UTF-8 text file, one caption per line; empty or undecodable lines are skipped and counted
+    )
     demo_unpaired: bool = False  # write the demo's unpaired images and captions into demo_dir first
     demo_dir: str = "data/demo_unpaired"
     demo_num_images: int = 30000
@@ -117,6 +121,8 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | tuple[s
         raise ConfigError("config key 'objective.kind': mlm predicts tokens, it needs model.modality text")
     needed = "images" if config.model.modality == "image" else "texts"
     if getattr(config.data, needed) is None and not config.data.demo_unpaired:
-        raise ConfigError(f"config key 'data.{needed}': must be set for model.modality {config.model.modality} "
-                          "(or data.demo_unpaired: true)")
+        raise ConfigError(
+            f"config key 'data.{needed}': must be set for model.modality {config.model.modality} "
+            "(or data.demo_unpaired: true)"
+        )
     return config

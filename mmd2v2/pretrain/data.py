@@ -18,8 +18,11 @@ def image_files(folder: str | Path) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise ConfigError(f"config key 'data.images': '{root}' is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                                                                          p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     if not files:
         raise ConfigError(f"config key 'data.images': '{root}' holds no files")
     return files
@@ -39,7 +42,9 @@ def read_captions(path: str | Path) -> CaptionCorpus:
     """Read a caption file, one caption per line, keeping the usable lines."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config key 'data.texts': '{path}' does not exist (expected a text file, one caption per line)")
+        raise ConfigError(
+            f"config key 'data.texts': '{path}' does not exist (expected a text file, one caption per line)"
+        )
     corpus = CaptionCorpus([], source=str(path))
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:

@@ -46,8 +46,9 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
 def feed_forward_outputs(model: nn.Module) -> Iterator[list[Tensor]]:
     """Collect each block's feed-forward output (`layer.output.dense`, before the residual sum) during a forward."""
     outputs: list[Tensor] = []
-    hooks = [layer.output.dense.register_forward_hook(lambda _m, _i, out: outputs.append(out))
-             for layer in block_list(model)]
+    hooks = [
+        layer.output.dense.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for layer in block_list(model)
+    ]
     try:
         yield outputs
     finally:
@@ -88,9 +89,15 @@ class ConvDecoder(nn.Module):
         conv = nn.Conv2d if dims == 2 else nn.Conv1d
         self.dims, self.residual = dims, cfg.decoder_residual
         self.convs = nn.ModuleList(
-            conv(width if i == 0 else cfg.decoder_dim, cfg.decoder_dim, cfg.decoder_kernel,
-                 padding=cfg.decoder_kernel // 2, groups=math.gcd(cfg.decoder_groups, width if i == 0 else cfg.decoder_dim))
-            for i in range(cfg.decoder_layers))
+            conv(
+                width if i == 0 else cfg.decoder_dim,
+                cfg.decoder_dim,
+                cfg.decoder_kernel,
+                padding=cfg.decoder_kernel // 2,
+                groups=math.gcd(cfg.decoder_groups, width if i == 0 else cfg.decoder_dim),
+            )
+            for i in range(cfg.decoder_layers)
+        )
         self.proj = nn.Linear(cfg.decoder_dim, width)
 
     def forward(self, tokens: Tensor, grid: tuple[int, ...]) -> Tensor:
@@ -113,13 +120,23 @@ class Data2Vec2Student(nn.Module):
         self.encoder, self.modality, self.cfg = encoder, modality, cfg
         self.width = int(encoder.config.hidden_size)
         if cfg.kind == "mlm":  # RoBERTa's head: dense, GELU, LayerNorm, vocabulary logits
-            self.lm_head = nn.Sequential(nn.Linear(self.width, self.width), nn.GELU(), nn.LayerNorm(self.width),
-                                         nn.Linear(self.width, int(encoder.config.vocab_size)))
+            self.lm_head = nn.Sequential(
+                nn.Linear(self.width, self.width),
+                nn.GELU(),
+                nn.LayerNorm(self.width),
+                nn.Linear(self.width, int(encoder.config.vocab_size)),
+            )
         else:
             self.decoder = ConvDecoder(self.width, cfg, 2 if modality == "image" else 1)
 
-    def forward(self, inputs: Tensor, mask: Tensor, targets: Tensor, attention_mask: Tensor | None = None,
-                cls_target: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        inputs: Tensor,
+        mask: Tensor,
+        targets: Tensor,
+        attention_mask: Tensor | None = None,
+        cls_target: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """Loss terms for student inputs (B·clone, ...) with masks (B·clone, T) and teacher targets (B·clone, T, C)."""
         if self.modality == "image":
             encoded, grid = self._encode_visible_patches(inputs, mask)

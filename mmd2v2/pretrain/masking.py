@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 
-def inverse_block_mask(count: int, height: int, width: int, mask_prob: float, block: int,
-                       rng: np.random.Generator) -> Tensor:
+def inverse_block_mask(
+    count: int, height: int, width: int, mask_prob: float, block: int, rng: np.random.Generator
+) -> Tensor:
     """(count, height·width) bool, True = masked: visible patches are the union of random block×block squares,
     grown until round((1 - mask_prob)·H·W) patches are visible, then trimmed at random to exactly that many."""
     cells = height * width
@@ -23,7 +24,7 @@ def inverse_block_mask(count: int, height: int, width: int, mask_prob: float, bl
         while (~visible).sum() < keep:
             row, col = rng.integers(height), rng.integers(width)
             top, left = max(0, row - block // 2), max(0, col - block // 2)
-            visible[top:top + block, left:left + block] = False
+            visible[top : top + block, left : left + block] = False
         shown = np.flatnonzero(~visible.reshape(-1))
         extra = len(shown) - keep
         if extra > 0:
@@ -43,7 +44,7 @@ def span_mask(valid: Tensor, mask_prob: float, span: int, rng: np.random.Generat
         target = max(1, round(mask_prob * len(positions)))
         while row.sum() < target:
             start = rng.integers(len(positions))
-            row[positions[start:start + span]] = True
+            row[positions[start : start + span]] = True
         chosen = np.flatnonzero(row)
         extra = len(chosen) - target
         if extra > 0:

@@ -39,8 +39,9 @@ from mmd2v2.runtime.random_state import restore_rng_state, rng_state, seed_every
 
 MODEL_DIR = "model"  # the exported HF folder inside the run folder
 RESULT_FILE = "pretrain.json"  # written into the exported folder: the config fingerprint, steps, counts, time
-RUN_ONLY_KEYS = {"trainer": ("output_dir", "log_every", "checkpoint_every", "keep_checkpoints", "progress_bar",
-                             "num_workers")}  # keys that do not change what a run computes
+RUN_ONLY_KEYS = {
+    "trainer": ("output_dir", "log_every", "checkpoint_every", "keep_checkpoints", "progress_bar", "num_workers")
+}  # keys that do not change what a run computes
 
 
 def config_fingerprint(config: PretrainConfig) -> str:
@@ -72,14 +73,18 @@ def check_run_folder(config: PretrainConfig, output_dir: Path, resume: bool) -> 
     if saved.is_file():
         difference = first_difference(read_yaml(saved.read_text()), config_to_dict(config))
         if difference:
-            raise ConfigError(f"'{output_dir}' holds a pretraining run with another config (key '{difference}' differs): "
-                              "use another --output-dir or delete the folder")
+            raise ConfigError(
+                f"'{output_dir}' holds a pretraining run with another config (key '{difference}' differs): "
+                "use another --output-dir or delete the folder"
+            )
     result = output_dir / MODEL_DIR / RESULT_FILE
     if result.is_file() and json.loads(result.read_text()).get("config_sha256") == config_fingerprint(config):
         return True
     if not resume and latest_complete_tag(output_dir) is not None:
-        raise ConfigError(f"'{output_dir}' holds an unfinished pretraining run: pass --resume to continue it, "
-                          "or delete the folder to start again")
+        raise ConfigError(
+            f"'{output_dir}' holds an unfinished pretraining run: pass --resume to continue it, "
+            "or delete the folder to start again"
+        )
     return False
 
 
@@ -100,14 +105,17 @@ def prepare_data(config: PretrainConfig) -> PretrainData:
     data = config.data
     if data.demo_unpaired:
         if dist.get_rank() == 0:
-            write_demo_unpaired(data.demo_dir, data.demo_num_images, data.demo_num_captions, data.demo_image_size,
-                                data.demo_seed)
+            write_demo_unpaired(
+                data.demo_dir, data.demo_num_images, data.demo_num_captions, data.demo_image_size, data.demo_seed
+            )
         dist.barrier()
     if config.model.modality == "image":
         return PretrainData(image_files(data.images or Path(data.demo_dir) / "images"), None, None)
     corpus = read_captions(data.texts or Path(data.demo_dir) / "captions.txt")
     source = data.tokenizer or config.model.pretrained
-    tokenizer = load_tokenizer(source) if source else build_word_tokenizer([w for t in corpus.texts for w in t.lower().split()])
+    tokenizer = (
+        load_tokenizer(source) if source else build_word_tokenizer([w for t in corpus.texts for w in t.lower().split()])
+    )
     return PretrainData(None, corpus, tokenizer)
 
 
@@ -121,10 +129,15 @@ def build_encoder(config: PretrainConfig, data: PretrainData) -> PreTrainedModel
         settings.setdefault("image_size", config.data.image_size)
     family = config.model.resolved_family
     if config.model.modality == "image" and family != "data2vec2-vision":
-        raise ConfigError(f"config key 'model.family': image pretraining runs on 'data2vec2-vision' (its patches can be "
-                          f"dropped by the mask), got '{family}'")
-    encoder = load_hf_model(EncoderConfig(family=family, pretrained=config.model.pretrained, config=settings),
-                            config.model.modality, "model")
+        raise ConfigError(
+            f"config key 'model.family': image pretraining runs on 'data2vec2-vision' (its patches can be "
+            f"dropped by the mask), got '{family}'"
+        )
+    encoder = load_hf_model(
+        EncoderConfig(family=family, pretrained=config.model.pretrained, config=settings),
+        config.model.modality,
+        "model",
+    )
     assert isinstance(encoder, PreTrainedModel)
     return encoder
 
@@ -143,30 +156,62 @@ class TextBatches:
 
     def __call__(self, indices: list[int]) -> dict[str, Tensor]:
         """Token ids, attention mask and maskable positions of the captions at `indices`."""
-        tokens = self.tokenizer([self.corpus.texts[i] for i in indices], padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt", return_special_tokens_mask=True)
+        tokens = self.tokenizer(
+            [self.corpus.texts[i] for i in indices],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+        )
         maskable = tokens["attention_mask"].bool() & ~tokens["special_tokens_mask"].bool()
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "maskable": maskable}
 
 
-def make_loader(config: PretrainConfig, data: PretrainData, preprocess: ImagePreprocessor, start: int,
-                total: int) -> DataLoader:
+def make_loader(
+    config: PretrainConfig, data: PretrainData, preprocess: ImagePreprocessor, start: int, total: int
+) -> DataLoader:
     """Micro-batches for steps `start`..`total` of this rank, in the order an uninterrupted run reads them."""
-    sampler = ResumableBatchSampler(len(data), config.trainer.micro_batch_size, 1, dist.get_world_size(),
-                                    dist.get_rank(), config.trainer.seed, start, total)
+    sampler = ResumableBatchSampler(
+        len(data),
+        config.trainer.micro_batch_size,
+        1,
+        dist.get_world_size(),
+        dist.get_rank(),
+        config.trainer.seed,
+        start,
+        total,
+    )
     generator = torch.Generator().manual_seed(config.trainer.seed)  # the loader leaves the global RNG alone (resume)
     if data.images is not None:
-        return DataLoader(ImageFiles(data.images, preprocess), batch_sampler=sampler, collate_fn=collate_image_files,
-                          num_workers=config.trainer.num_workers, pin_memory=torch.cuda.is_available(),
-                          generator=generator)
+        return DataLoader(
+            ImageFiles(data.images, preprocess),
+            batch_sampler=sampler,
+            collate_fn=collate_image_files,
+            num_workers=config.trainer.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=generator,
+        )
     assert data.corpus is not None and data.tokenizer is not None
     texts = TextBatches(data.corpus, data.tokenizer, config.data.max_text_length)
-    return DataLoader(list(range(len(data))), batch_sampler=sampler, collate_fn=texts,
-                      num_workers=config.trainer.num_workers, generator=generator)
+    return DataLoader(
+        list(range(len(data))),
+        batch_sampler=sampler,
+        collate_fn=texts,
+        num_workers=config.trainer.num_workers,
+        generator=generator,
+    )
 
 
-def student_batch(config: PretrainConfig, batch: Any, teacher: EMATeacher, preprocess: ImagePreprocessor,
-                  device: torch.device, dtype: torch.dtype, rng: np.random.Generator) -> tuple[dict[str, Tensor], int, list[int]]:
+def student_batch(
+    config: PretrainConfig,
+    batch: Any,
+    teacher: EMATeacher,
+    preprocess: ImagePreprocessor,
+    device: torch.device,
+    dtype: torch.dtype,
+    rng: np.random.Generator,
+) -> tuple[dict[str, Tensor], int, list[int]]:
     """The engine's inputs for one micro-batch: teacher targets of the whole inputs, then `clone_batch` masked copies;
     also the number of samples and (images) the positions of the files that did not decode."""
     clone, objective = config.objective.clone_batch, config.objective
@@ -177,22 +222,32 @@ def student_batch(config: PretrainConfig, batch: Any, teacher: EMATeacher, prepr
         pixels = preprocess.normalize(pixels.to(device, non_blocking=True))
         targets, cls_target = teacher.targets(pixels)
         grid = int(targets.shape[1] ** 0.5)
-        mask = inverse_block_mask(len(pixels) * clone, grid, targets.shape[1] // grid, objective.mask_prob,
-                                  objective.mask_length, rng).to(device)
-        inputs = {"inputs": pixels.to(dtype).repeat_interleave(clone, 0), "mask": mask,
-                  "targets": targets.repeat_interleave(clone, 0), "cls_target": cls_target.repeat_interleave(clone, 0)}
+        mask = inverse_block_mask(
+            len(pixels) * clone, grid, targets.shape[1] // grid, objective.mask_prob, objective.mask_length, rng
+        ).to(device)
+        inputs = {
+            "inputs": pixels.to(dtype).repeat_interleave(clone, 0),
+            "mask": mask,
+            "targets": targets.repeat_interleave(clone, 0),
+            "cls_target": cls_target.repeat_interleave(clone, 0),
+        }
         return inputs, len(pixels), failed
     ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     targets = ids if objective.kind == "mlm" else teacher.targets(ids, attention)[0]
     maskable = batch["maskable"].repeat_interleave(clone, 0)
     mask = span_mask(maskable, objective.mask_prob, objective.mask_length, rng).to(device)
-    inputs = {"inputs": ids.repeat_interleave(clone, 0), "mask": mask, "targets": targets.repeat_interleave(clone, 0),
-              "attention_mask": attention.repeat_interleave(clone, 0)}
+    inputs = {
+        "inputs": ids.repeat_interleave(clone, 0),
+        "mask": mask,
+        "targets": targets.repeat_interleave(clone, 0),
+        "attention_mask": attention.repeat_interleave(clone, 0),
+    }
     return inputs, len(ids), []
 
 
-def export_model(encoder: PreTrainedModel, config: PretrainConfig, data: PretrainData, output_dir: Path,
-                 result: dict[str, Any]) -> Path:
+def export_model(
+    encoder: PreTrainedModel, config: PretrainConfig, data: PretrainData, output_dir: Path, result: dict[str, Any]
+) -> Path:
     """Write the pretrained encoder as an HF folder (+ tokenizer or image preprocessing, + pretrain.json), atomically."""
     final = output_dir / MODEL_DIR
     tmp = output_dir / f".{MODEL_DIR}.tmp"
@@ -203,9 +258,17 @@ def export_model(encoder: PreTrainedModel, config: PretrainConfig, data: Pretrai
         data.tokenizer.save_pretrained(tmp)
     if config.model.modality == "image":
         size = int(encoder.config.image_size)
-        processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
-                     "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-                     "image_mean": list(config.data.image_mean), "image_std": list(config.data.image_std)}
+        processor = {
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": True,
+            "size": {"height": size, "width": size},
+            "resample": 3,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(config.data.image_mean),
+            "image_std": list(config.data.image_std),
+        }
         (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     (tmp / RESULT_FILE).write_text(json.dumps(result, indent=2))
     replace_folder(tmp, final)
@@ -224,8 +287,11 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
             print(f"already pretrained with this config: {output_dir / MODEL_DIR} (delete it to pretrain again)")
         return output_dir / MODEL_DIR
     if config.model.pretrained is not None:  # a missing folder or one of another family: refused before reading data
-        load_hf_config(EncoderConfig(family=config.model.resolved_family, pretrained=config.model.pretrained),
-                       config.model.modality, "model")
+        load_hf_config(
+            EncoderConfig(family=config.model.resolved_family, pretrained=config.model.pretrained),
+            config.model.modality,
+            "model",
+        )
     seed_everything(config.trainer.seed)
     data = prepare_data(config)
     preprocess = ImagePreprocessor(config.data.image_size, config.data.image_mean, config.data.image_std)
@@ -248,14 +314,22 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, output_dir / "config.yaml")
-        what = f"{len(data)} image files" if data.images is not None else \
-            f"{len(data)} captions ({data.corpus.dropped} lines dropped: empty or not UTF-8)"  # type: ignore[union-attr]
-        print(f"pretraining a {config.model.modality} encoder ({sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M "
-              f"parameters) with {'data2vec 2.0' if config.objective.kind == 'data2vec2' else 'masked-token prediction'} on {what}" + (f"; resuming from {tag}" if tag else ""))
+        what = (
+            f"{len(data)} image files"
+            if data.images is not None
+            else f"{len(data)} captions ({data.corpus.dropped} lines dropped: empty or not UTF-8)"
+        )  # type: ignore[union-attr]
+        print(
+            f"pretraining a {config.model.modality} encoder ({sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M "
+            f"parameters) with {'data2vec 2.0' if config.objective.kind == 'data2vec2' else 'masked-token prediction'} on {what}"
+            + (f"; resuming from {tag}" if tag else "")
+        )
 
     writer = SummaryWriter(str(output_dir / "tb")) if rank == 0 else None
     window, started = MetricWindow(), time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.trainer.progress_bar)
+    bar = tqdm(
+        total=total, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.trainer.progress_bar
+    )
     engine.train()
     for batch in make_loader(config, data, preprocess, step, total):
         rng = np.random.default_rng([config.trainer.seed, step, rank])
@@ -263,8 +337,10 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
             inputs, count, positions = student_batch(config, batch, teacher, preprocess, device, dtype, rng)
         bad_files.update(positions)
         if count == 0:
-            raise ConfigError(f"config key 'data.images': no file of a whole batch decodes as an image "
-                              f"(e.g. '{data.images[positions[0]]}')")  # type: ignore[index]
+            raise ConfigError(
+                f"config key 'data.images': no file of a whole batch decodes as an image "
+                f"(e.g. '{data.images[positions[0]]}')"
+            )  # type: ignore[index]
         terms = engine(**inputs)
         engine.backward(terms["loss"])
         engine.step()
@@ -285,22 +361,38 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
                     if key != "step":
                         writer.add_scalar(f"pretrain/{key}", value, step)
         if step % config.trainer.checkpoint_every == 0 or step == total:
-            save_checkpoint(engine, output_dir, step, {"step": step, "rng": rng_state(), "bad_files": sorted(bad_files),
-                                                       "ema": {k: v.cpu() for k, v in teacher.model.state_dict().items()}},
-                            config.trainer.keep_checkpoints)
+            save_checkpoint(
+                engine,
+                output_dir,
+                step,
+                {
+                    "step": step,
+                    "rng": rng_state(),
+                    "bad_files": sorted(bad_files),
+                    "ema": {k: v.cpu() for k, v in teacher.model.state_dict().items()},
+                },
+                config.trainer.keep_checkpoints,
+            )
     bar.close()
     if writer is not None:
         writer.close()
     final = output_dir / MODEL_DIR
     if rank == 0:
         skipped = [str(data.images[i]) for i in sorted(bad_files)] if data.images is not None else []
-        result = {"config_sha256": config_fingerprint(config), "steps": step, "modality": config.model.modality,
-                  "family": config.model.resolved_family, "seconds": round(time.perf_counter() - started, 1),
-                  "skipped_files": len(skipped), "first_skipped": skipped[:20],
-                  "dropped_lines": data.corpus.dropped if data.corpus else 0}
+        result = {
+            "config_sha256": config_fingerprint(config),
+            "steps": step,
+            "modality": config.model.modality,
+            "family": config.model.resolved_family,
+            "seconds": round(time.perf_counter() - started, 1),
+            "skipped_files": len(skipped),
+            "first_skipped": skipped[:20],
+            "dropped_lines": data.corpus.dropped if data.corpus else 0,
+        }
         export_model(engine.module.encoder, config, data, output_dir, result)
-        print(f"pretrained {step} steps in {result['seconds'] / 60:.1f} min; skipped files (not decodable as images): "
-              f"{len(skipped)}{' e.g. ' + skipped[0] if skipped else ''}; exported: {final}")
+        print(
+            f"pretrained {step} steps in {result['seconds'] / 60:.1f} min; skipped files (not decodable as images): "
+            f"{len(skipped)}{' e.g. ' + skipped[0] if skipped else ''}; exported: {final}"
+        )
     dist.barrier()
     return final
-

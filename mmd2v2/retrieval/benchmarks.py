@@ -17,10 +17,14 @@ def benchmark_files(name_or_path: str, data_root: Path, image_root: Path | None)
         json_name, images = BENCHMARKS[name_or_path]
         json_path = data_root / json_name
         if not json_path.is_file():
-            raise FileNotFoundError(f"--dataset {name_or_path}: '{json_path}' does not exist (expected Karpathy's "
-                                    f"{Path(json_name).name} there; set --data-root)")
+            raise FileNotFoundError(
+                f"--dataset {name_or_path}: '{json_path}' does not exist (expected Karpathy's "
+                f"{Path(json_name).name} there; set --data-root)"
+            )
         return json_path, image_root or data_root / images
     path = Path(name_or_path)
     if not path.is_file():
-        raise FileNotFoundError(f"--dataset: '{path}' is neither {' nor '.join(BENCHMARKS)} nor an existing Karpathy-style JSON")
+        raise FileNotFoundError(
+            f"--dataset: '{path}' is neither {' nor '.join(BENCHMARKS)} nor an existing Karpathy-style JSON"
+        )
     return path, image_root

@@ -29,7 +29,9 @@ def add_image_folder(collection: Collection, folder: str | Path) -> None:
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"--images: '{root}' is not a folder")
-    paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
     if not paths:
         raise ValueError(f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) under '{root}'")
     source = len(collection.sources)
@@ -64,8 +66,9 @@ def add_text_file(collection: Collection, path: str | Path) -> None:
         if not text.strip():
             collection.skipped += 1
             continue
-        collection.rows.append({"kind": "text", **{k: v for k, v in record.items() if k not in ("kind", "text")},
-                                "text": text.strip()})
+        collection.rows.append(
+            {"kind": "text", **{k: v for k, v in record.items() if k not in ("kind", "text")}, "text": text.strip()}
+        )
 
 
 def add_karpathy_split(collection: Collection, json_path: Path, split: str, image_root: Path | None) -> None:
@@ -75,14 +78,26 @@ def add_karpathy_split(collection: Collection, json_path: Path, split: str, imag
     records = load_karpathy_split(json_path, split, image_root)
     root = Path(image_root) if image_root is not None else json_path.parent
     source = len(collection.sources)
-    collection.sources.append({"kind": "images", "root": str(root.resolve()), "dataset": str(json_path.resolve()), "split": split})
+    collection.sources.append(
+        {"kind": "images", "root": str(root.resolve()), "dataset": str(json_path.resolve()), "split": split}
+    )
     for record in records:
-        collection.rows.append({"kind": "image", "source": source, "path": record.path.relative_to(root).as_posix(),
-                                "image_id": record.image_id, "captions": list(record.captions)})
+        collection.rows.append(
+            {
+                "kind": "image",
+                "source": source,
+                "path": record.path.relative_to(root).as_posix(),
+                "image_id": record.image_id,
+                "captions": list(record.captions),
+            }
+        )
 
 
-def read_collection(images: list[Path] | None = None, texts: list[Path] | None = None,
-                    datasets: list[tuple[Path, str, Path | None]] | None = None) -> Collection:
+def read_collection(
+    images: list[Path] | None = None,
+    texts: list[Path] | None = None,
+    datasets: list[tuple[Path, str, Path | None]] | None = None,
+) -> Collection:
     """A collection from image folders, caption files and Karpathy splits (json, split, image root)."""
     collection = Collection()
     for folder in images or []:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from mmd2v2.data.karpathy import ImageRecord
 from mmd2v2.data.preprocessing import image_batches, loader_workers
-from mmd2v2.models.pretrained import PretrainedMMD2V2
+from mmd2v2.models.exported import ExportedModel
 
 
 @dataclass
@@ -26,8 +26,13 @@ class SplitEmbeddings:
     num_skipped: int  # images that could not be decoded (and their captions), left out
 
 
-def encode_split(bundle: PretrainedMMD2V2, records: list[ImageRecord], batch_size: int = 128,
-                 max_text_length: int = 64, progress: bool = True) -> SplitEmbeddings:
+def encode_split(
+    bundle: ExportedModel,
+    records: list[ImageRecord],
+    batch_size: int = 128,
+    max_text_length: int = 64,
+    progress: bool = True,
+) -> SplitEmbeddings:
     """Encode every decodable image of `records` and all of its captions."""
     image_emb, positions = encode_image_files(bundle, [r.path for r in records], batch_size, progress)
     kept = [records[i] for i in positions]
@@ -45,8 +50,9 @@ def encode_split(bundle: PretrainedMMD2V2, records: list[ImageRecord], batch_siz
     return SplitEmbeddings(image_emb, text_emb, text_image_index, len(records) - len(kept))
 
 
-def encode_image_files(bundle: PretrainedMMD2V2, paths: Sequence[str | Path], batch_size: int,
-                       progress: bool = False) -> tuple[np.ndarray, list[int]]:
+def encode_image_files(
+    bundle: ExportedModel, paths: Sequence[str | Path], batch_size: int, progress: bool = False
+) -> tuple[np.ndarray, list[int]]:
     """L2-normalised embeddings (N, D) of the decodable images of `paths` and their positions in it; images are
     decoded to uint8 by loader workers where they pay and normalised on the model's device."""
     model, device = bundle.model.eval(), next(bundle.model.parameters()).device
@@ -63,11 +69,16 @@ def encode_image_files(bundle: PretrainedMMD2V2, paths: Sequence[str | Path], ba
     return np.concatenate(chunks), kept
 
 
-def encode_texts(bundle: PretrainedMMD2V2, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+def encode_texts(bundle: ExportedModel, texts: list[str], max_length: int | None = None) -> torch.Tensor:
     """L2-normalised embeddings of `texts` (tokenised up to `max_length`, default the model's data.max_text_length)."""
     device = next(bundle.model.parameters()).device
-    tokens = bundle.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
-                              max_length=max_length or bundle.config.data.max_text_length)
+    tokens = bundle.tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        return_tensors="pt",
+        max_length=max_length or bundle.config.data.max_text_length,
+    )
     with torch.inference_mode():
         return bundle.model.encode_texts(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
 
@@ -77,9 +88,14 @@ def save_embeddings(embeddings: SplitEmbeddings, path: str | Path, info: dict[st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, image_emb=embeddings.image_emb, text_emb=embeddings.text_emb,
-             text_image_index=embeddings.text_image_index, num_skipped=np.asarray(embeddings.num_skipped),
-             info=np.asarray(json.dumps(info)))
+    np.savez(
+        tmp,
+        image_emb=embeddings.image_emb,
+        text_emb=embeddings.text_emb,
+        text_image_index=embeddings.text_image_index,
+        num_skipped=np.asarray(embeddings.num_skipped),
+        info=np.asarray(json.dumps(info)),
+    )
     tmp.replace(path)
     return path
 
@@ -91,7 +107,9 @@ def load_embeddings(path: str | Path) -> tuple[SplitEmbeddings, dict[str, str]]:
         raise FileNotFoundError(f"--embeddings: '{path}' does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
-            embeddings = SplitEmbeddings(data["image_emb"], data["text_emb"], data["text_image_index"], int(data["num_skipped"]))
+            embeddings = SplitEmbeddings(
+                data["image_emb"], data["text_emb"], data["text_image_index"], int(data["num_skipped"])
+            )
             info = json.loads(str(data["info"]))
     except (KeyError, ValueError, OSError) as error:
         raise ValueError(f"{path}: not an embeddings file written by --save-embeddings ({error})") from None

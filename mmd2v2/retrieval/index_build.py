@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mmd2v2.models.pretrained import PretrainedMMD2V2
-from mmd2v2.retrieval.encode import encode_image_files, encode_texts
+from mmd2v2.models.exported import ExportedModel
 from mmd2v2.retrieval.collection import Collection, image_path
+from mmd2v2.retrieval.encode import encode_image_files, encode_texts
 from mmd2v2.retrieval.index_store import (
     IndexFolder,
     IndexManifest,
@@ -49,8 +49,9 @@ class BuildOptions:
     progress: bool = True
 
 
-def encode_rows(bundle: PretrainedMMD2V2, rows: list[dict[str, Any]], sources: list[dict[str, str]],
-                batch_size: int) -> tuple[np.ndarray, list[dict[str, Any]], int]:
+def encode_rows(
+    bundle: ExportedModel, rows: list[dict[str, Any]], sources: list[dict[str, str]], batch_size: int
+) -> tuple[np.ndarray, list[dict[str, Any]], int]:
     """Embeddings of the rows that could be read (images decoded, texts tokenised), those rows, and the skip count."""
     images = [r for r in rows if r["kind"] == "image"]
     texts = [r for r in rows if r["kind"] == "text"]
@@ -71,7 +72,7 @@ def _shard_paths(work: Path, shard: int) -> tuple[Path, Path]:
     return work / f"shard_{shard:05d}.npy", work / f"shard_{shard:05d}.jsonl"
 
 
-def _encode_shard(bundle: PretrainedMMD2V2, collection: Collection, work: Path, shard: int, options: BuildOptions) -> None:
+def _encode_shard(bundle: ExportedModel, collection: Collection, work: Path, shard: int, options: BuildOptions) -> None:
     """Encode one shard and publish it atomically (metadata first, embeddings last as the completion mark)."""
     rows = collection.rows[shard * options.shard_size : (shard + 1) * options.shard_size]
     vectors, kept, skipped = encode_rows(bundle, rows, collection.sources, options.batch_size)
@@ -88,8 +89,13 @@ def _encode_shard(bundle: PretrainedMMD2V2, collection: Collection, work: Path, 
 
 
 def _plan(bundle_dir: Path, model_id: str, collection: Collection, options: BuildOptions) -> dict[str, Any]:
-    return {"checkpoint_id": model_id, "checkpoint": str(bundle_dir.resolve()), "count": len(collection.rows),
-            "shard_size": options.shard_size, "sources": collection.sources}
+    return {
+        "checkpoint_id": model_id,
+        "checkpoint": str(bundle_dir.resolve()),
+        "count": len(collection.rows),
+        "shard_size": options.shard_size,
+        "sources": collection.sources,
+    }
 
 
 def _prepare_work_dir(out: Path, plan: dict[str, Any]) -> Path:
@@ -102,7 +108,9 @@ def _prepare_work_dir(out: Path, plan: dict[str, Any]) -> Path:
         tmp.write_text(json.dumps(plan, indent=2))
         tmp.replace(plan_path)
     if json.loads(plan_path.read_text()) != plan:
-        raise ValueError(f"'{work}' holds an unfinished build of another model or collection; delete it or use a new --out")
+        raise ValueError(
+            f"'{work}' holds an unfinished build of another model or collection; delete it or use a new --out"
+        )
     return work
 
 
@@ -111,16 +119,21 @@ def _wait_for(paths: list[Path], timeout_s: float) -> None:
     while not all(p.exists() for p in paths):
         if time.monotonic() > deadline:
             missing = [p.name for p in paths if not p.exists()]
-            raise TimeoutError(f"waited {timeout_s:.0f} s for {len(missing)} shard(s) of other ranks (first: {missing[0]})")
+            raise TimeoutError(
+                f"waited {timeout_s:.0f} s for {len(missing)} shard(s) of other ranks (first: {missing[0]})"
+            )
         time.sleep(1.0)
 
 
-def build_index(bundle: PretrainedMMD2V2, bundle_dir: Path, collection: Collection, out: Path,
-                options: BuildOptions) -> IndexManifest | None:
+def build_index(
+    bundle: ExportedModel, bundle_dir: Path, collection: Collection, out: Path, options: BuildOptions
+) -> IndexManifest | None:
     """Encode `collection` (this rank's shards) and, on rank 0, write the index folder `out`; returns its manifest."""
     rank, world = _rank_world()
     if out.exists() and not options.overwrite:
-        raise FileExistsError(f"--out: '{out}' already exists (use --overwrite to replace it, or `index add` to extend it)")
+        raise FileExistsError(
+            f"--out: '{out}' already exists (use --overwrite to replace it, or `index add` to extend it)"
+        )
     start = time.perf_counter()
     model_id = checkpoint_id(bundle_dir)
     work = _prepare_work_dir(out, _plan(bundle_dir, model_id, collection, options))
@@ -134,13 +147,23 @@ def build_index(bundle: PretrainedMMD2V2, bundle_dir: Path, collection: Collecti
     vectors, rows, skipped = _read_shards(work, num_shards)
     if not rows:
         raise ValueError("no item of the collection could be read (all images undecodable?)")
-    index_type = choose_index_type(len(rows), vectors.shape[1], options.memory_budget_gb * 2**30) \
-        if options.index_type == "auto" else options.index_type
+    index_type = (
+        choose_index_type(len(rows), vectors.shape[1], options.memory_budget_gb * 2**30)
+        if options.index_type == "auto"
+        else options.index_type
+    )
     index = build_faiss_index(vectors, index_type)
-    manifest = IndexManifest(checkpoint=str(bundle_dir.resolve()), checkpoint_id=model_id, dim=int(vectors.shape[1]),
-                             count=len(rows), index_type=index_type, search_params=default_search_params(index_type),
-                             sources=collection.sources, skipped=skipped + collection.skipped,
-                             build_seconds=round(time.perf_counter() - start, 2))
+    manifest = IndexManifest(
+        checkpoint=str(bundle_dir.resolve()),
+        checkpoint_id=model_id,
+        dim=int(vectors.shape[1]),
+        count=len(rows),
+        index_type=index_type,
+        search_params=default_search_params(index_type),
+        sources=collection.sources,
+        skipped=skipped + collection.skipped,
+        build_seconds=round(time.perf_counter() - start, 2),
+    )
     write_index_folder(out, index, rows, manifest)
     shutil.rmtree(work)
     return manifest
@@ -155,7 +178,9 @@ def _read_shards(work: Path, num_shards: int) -> tuple[np.ndarray, list[dict[str
         shard_rows = [json.loads(line) for line in lines[1:]]
         shard_vectors = np.load(npy, allow_pickle=False)
         if len(shard_vectors) != len(shard_rows):
-            raise ValueError(f"{npy}: {len(shard_vectors)} vectors but {len(shard_rows)} metadata rows; delete the shard and rerun")
+            raise ValueError(
+                f"{npy}: {len(shard_vectors)} vectors but {len(shard_rows)} metadata rows; delete the shard and rerun"
+            )
         vectors.append(shard_vectors)
         rows.extend(shard_rows)
     for number, row in enumerate(rows):
@@ -163,8 +188,9 @@ def _read_shards(work: Path, num_shards: int) -> tuple[np.ndarray, list[dict[str
     return np.concatenate(vectors).astype(np.float32), rows, skipped
 
 
-def add_to_index(bundle: PretrainedMMD2V2, bundle_dir: Path, folder: Path, collection: Collection,
-                 batch_size: int = 128) -> IndexManifest:
+def add_to_index(
+    bundle: ExportedModel, bundle_dir: Path, folder: Path, collection: Collection, batch_size: int = 128
+) -> IndexManifest:
     """Encode `collection` and append it to an existing index folder (rewritten atomically)."""
     opened = IndexFolder(folder)
     opened.check_queries(bundle.config.model.embed_dim, checkpoint_id(bundle_dir))

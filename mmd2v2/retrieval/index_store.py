@@ -1,8 +1,8 @@
 """Index folders: a FAISS index, its metadata table and a manifest, written atomically and checked on load.
 
-    INDEX_DIR/index.faiss     the FAISS index (inner product over L2-normalised embeddings)
-    INDEX_DIR/metadata.jsonl  one JSON row per vector, in id order (kind, path or text, fields)
-    INDEX_DIR/manifest.json   checkpoint path and id, dimension, metric, count, index type, search parameters
+INDEX_DIR/index.faiss     the FAISS index (inner product over L2-normalised embeddings)
+INDEX_DIR/metadata.jsonl  one JSON row per vector, in id order (kind, path or text, fields)
+INDEX_DIR/manifest.json   checkpoint path and id, dimension, metric, count, index type, search parameters
 """
 
 from __future__ import annotations
@@ -94,13 +94,21 @@ def build_faiss_index(vectors: np.ndarray, index_type: str, seed: int = 0) -> An
     try:
         index = faiss.index_factory(vectors.shape[1], index_type, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
-        raise ValueError(f"--index-type: FAISS cannot build '{index_type}' ({str(error).splitlines()[-1][:120]})") from None
+        raise ValueError(
+            f"--index-type: FAISS cannot build '{index_type}' ({str(error).splitlines()[-1][:120]})"
+        ) from None
     if not index.is_trained:
         nlist = getattr(faiss.extract_index_ivf(index), "nlist", 256) if index_type.startswith("IVF") else 256
         sample = min(len(vectors), max(64 * nlist, 10_000))
         if len(vectors) < nlist:
-            raise ValueError(f"index type '{index_type}' needs at least {nlist} vectors to train, the collection has {len(vectors)}")
-        rows = np.random.default_rng(seed).choice(len(vectors), sample, replace=False) if sample < len(vectors) else slice(None)
+            raise ValueError(
+                f"index type '{index_type}' needs at least {nlist} vectors to train, the collection has {len(vectors)}"
+            )
+        rows = (
+            np.random.default_rng(seed).choice(len(vectors), sample, replace=False)
+            if sample < len(vectors)
+            else slice(None)
+        )
         index.train(vectors[rows])
     index.add(vectors)
     return index
@@ -123,7 +131,9 @@ def write_index_folder(folder: Path, index: Any, rows: list[dict[str, Any]], man
     import faiss
 
     if index.ntotal != len(rows) or manifest.count != len(rows):
-        raise ValueError(f"internal: {index.ntotal} vectors, {len(rows)} metadata rows, manifest count {manifest.count}")
+        raise ValueError(
+            f"internal: {index.ntotal} vectors, {len(rows)} metadata rows, manifest count {manifest.count}"
+        )
     tmp = folder.with_name(f".{folder.name}.writing")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -166,7 +176,11 @@ class SearchResults:
         return len(self.ids)
 
     def __getitem__(self, query: int) -> list[SearchHit]:
-        return [SearchHit(i, s, self._lines[i]) for s, i in zip(self.scores[query].tolist(), self.ids[query].tolist()) if i >= 0]
+        return [
+            SearchHit(i, s, self._lines[i])
+            for s, i in zip(self.scores[query].tolist(), self.ids[query].tolist())
+            if i >= 0
+        ]
 
 
 class IndexFolder:
@@ -202,7 +216,11 @@ class IndexFolder:
         if self.index.d != self.manifest.dim:
             raise ValueError(f"{self.folder}: index dimension {self.index.d} but manifest says {self.manifest.dim}")
         apply_search_params(self.index, self.manifest.search_params)
-        if self.stores_vectors and self.manifest.index_type.startswith("IVF") and "Refine" not in self.manifest.index_type:
+        if (
+            self.stores_vectors
+            and self.manifest.index_type.startswith("IVF")
+            and "Refine" not in self.manifest.index_type
+        ):
             faiss.extract_index_ivf(self.index).make_direct_map()  # lets `reconstruct` look up a stored vector
 
     @property
@@ -221,10 +239,14 @@ class IndexFolder:
     def check_queries(self, dim: int, model_id: str | None) -> None:
         """Refuse queries from a model other than the one that built the index."""
         if dim != self.manifest.dim:
-            raise ValueError(f"{self.folder}: index holds {self.manifest.dim}-d vectors, the query model makes {dim}-d ones")
+            raise ValueError(
+                f"{self.folder}: index holds {self.manifest.dim}-d vectors, the query model makes {dim}-d ones"
+            )
         if model_id is not None and model_id != self.manifest.checkpoint_id:
-            raise ValueError(f"{self.folder}: built with checkpoint id {self.manifest.checkpoint_id} "
-                             f"({self.manifest.checkpoint}), the query model's id is {model_id}")
+            raise ValueError(
+                f"{self.folder}: built with checkpoint id {self.manifest.checkpoint_id} "
+                f"({self.manifest.checkpoint}), the query model's id is {model_id}"
+            )
 
     def search(self, queries: np.ndarray, k: int, kind: str | None = None) -> SearchResults:
         """Top-k hits (score-descending) for each query vector; with `kind` ('image' or 'text'), only items of
@@ -265,7 +287,9 @@ class IndexFolder:
             matrix = None
             if self.stores_vectors and len(ids) <= self.exact_kind_limit:
                 matrix = self.index.reconstruct_batch(ids)
-            self._kind_matrices[kind] = None if matrix is None else np.asarray(matrix, dtype=np.float32).reshape(len(ids), -1)
+            self._kind_matrices[kind] = (
+                None if matrix is None else np.asarray(matrix, dtype=np.float32).reshape(len(ids), -1)
+            )
         return self._kind_matrices[kind]
 
     def kind_mask(self, kind: str) -> np.ndarray:

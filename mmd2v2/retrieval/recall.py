@@ -66,7 +66,9 @@ def _as_owner(text_image_index: ImageIndex, num_images: int, num_texts: int) -> 
     return owner.astype(np.int64)
 
 
-def _inputs(image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _inputs(
+    image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     images, texts = _as_matrix(image_emb, "image_emb"), _as_matrix(text_emb, "text_emb")
     if images.shape[1] != texts.shape[1]:
         raise ValueError(f"embedding dims differ: images {images.shape[1]} vs texts {texts.shape[1]}")
@@ -89,8 +91,9 @@ def _padded_positives(query_label: np.ndarray, candidate_label: np.ndarray) -> t
     return np.where(valid, index, index[:, :1]), valid
 
 
-def _rank_stats(queries: np.ndarray, query_label: np.ndarray, candidates: np.ndarray, candidate_label: np.ndarray,
-                query_block: int) -> RankStats:
+def _rank_stats(
+    queries: np.ndarray, query_label: np.ndarray, candidates: np.ndarray, candidate_label: np.ndarray, query_block: int
+) -> RankStats:
     """RankStats of every query against all candidates; a candidate is correct when its label equals the query's."""
     unique, inverse = np.unique(candidates, axis=0, return_inverse=True)
     duplicates = len(unique) < len(candidates)
@@ -118,14 +121,17 @@ def _rank_stats(queries: np.ndarray, query_label: np.ndarray, candidates: np.nda
     return RankStats(above, tied_wrong, tied_right, index_rank)
 
 
-def rank_statistics(image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex,
-                    query_block: int = 4096) -> tuple[RankStats, RankStats]:
+def rank_statistics(
+    image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex, query_block: int = 4096
+) -> tuple[RankStats, RankStats]:
     """RankStats of every image query (image→text) and every caption query (text→image)."""
     _check_positive(1, query_block)
     images, texts, owner = _inputs(image_emb, text_emb, text_image_index)
     image_ids = np.arange(len(images))
-    return (_rank_stats(images, image_ids, texts, owner, query_block),
-            _rank_stats(texts, owner, images, image_ids, query_block))
+    return (
+        _rank_stats(images, image_ids, texts, owner, query_block),
+        _rank_stats(texts, owner, images, image_ids, query_block),
+    )
 
 
 def hit_probabilities(stats: RankStats, ks: Sequence[int]) -> np.ndarray:
@@ -145,8 +151,9 @@ def _percent(stats: RankStats, ks: Sequence[int]) -> list[float]:
     return [float(100 * total / len(stats.above)) for total in hit_probabilities(stats, ks).sum(axis=0)]
 
 
-def first_hit_ranks(image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex, max_k: int = 50,
-                    query_block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def first_hit_ranks(
+    image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex, max_k: int = 50, query_block: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of the first correct result per image (i2t) and per caption (t2i), exact ties broken by lower
     index first; max_k if not in the top max_k. (Recall uses the expected rule instead; equal without ties.)"""
     _check_positive(max_k, query_block)
@@ -154,18 +161,22 @@ def first_hit_ranks(image_emb: Embeddings, text_emb: Embeddings, text_image_inde
     return np.minimum(i2t.index_rank, max_k), np.minimum(t2i.index_rank, max_k)
 
 
-def recall_at_k(image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex,
-                ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+def recall_at_k(
+    image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, dict[str, float]]:
     """{"image_to_text": {"R@k": %, ...}, "text_to_image": {"R@k": %, ...}} for each k of ks, in order (ties: TIE_RULE)."""
     if len(ks) == 0 or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty list of values >= 1, got {list(ks)}")
     i2t, t2i = rank_statistics(image_emb, text_emb, text_image_index)
-    return {"image_to_text": dict(zip((f"R@{k}" for k in ks), _percent(i2t, ks))),
-            "text_to_image": dict(zip((f"R@{k}" for k in ks), _percent(t2i, ks)))}
+    return {
+        "image_to_text": dict(zip((f"R@{k}" for k in ks), _percent(i2t, ks))),
+        "text_to_image": dict(zip((f"R@{k}" for k in ks), _percent(t2i, ks))),
+    }
 
 
-def recall_curve(image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex,
-                 max_k: int = 50) -> dict[str, np.ndarray]:
+def recall_curve(
+    image_emb: Embeddings, text_emb: Embeddings, text_image_index: ImageIndex, max_k: int = 50
+) -> dict[str, np.ndarray]:
     """Recall (%) for every k in 1..max_k in both directions, for plotting: {"k", "image_to_text", "text_to_image"}."""
     _check_positive(max_k, 1)
     i2t, t2i = rank_statistics(image_emb, text_emb, text_image_index)
@@ -181,8 +192,10 @@ def tied_counts(image_emb: Embeddings, text_emb: Embeddings, text_image_index: I
     pairs = np.unique(np.stack([text_group, owner], axis=1), axis=0)
     owners_per_group = np.bincount(pairs[:, 0], minlength=int(text_group.max()) + 1)
     _, image_group, image_counts = np.unique(images, axis=0, return_inverse=True, return_counts=True)
-    return {"tied_captions": int(np.count_nonzero(owners_per_group[text_group] > 1)),
-            "tied_images": int(np.count_nonzero(image_counts[image_group.reshape(-1)] > 1))}
+    return {
+        "tied_captions": int(np.count_nonzero(owners_per_group[text_group] > 1)),
+        "tied_images": int(np.count_nonzero(image_counts[image_group.reshape(-1)] > 1)),
+    }
 
 
 def rsum(recalls: Mapping[str, Any]) -> float:
@@ -199,6 +212,8 @@ def format_recall_table(recalls: Mapping[str, Any]) -> str:
     total = rsum(recalls)
     lines.append(f"{'rsum':<12}{total:>8.2f}   mean {total / (2 * len(keys)):.2f}")
     if "tied_captions" in recalls:
-        lines.append(f"ties: {recalls['tied_captions']} of {recalls['num_texts']} captions identical to another "
-                     f"image's caption ({TIE_RULE})")
+        lines.append(
+            f"ties: {recalls['tied_captions']} of {recalls['num_texts']} captions identical to another "
+            f"image's caption ({TIE_RULE})"
+        )
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmd2v2.models.pretrained import PretrainedMMD2V2, load_pretrained
+from mmd2v2.models.exported import ExportedModel, load_export
 from mmd2v2.retrieval.collection import image_path
 from mmd2v2.retrieval.encode import encode_texts
 from mmd2v2.retrieval.index_store import IndexFolder, SearchHit, checkpoint_id
@@ -22,9 +22,11 @@ class Searcher:
         folder = Path(ckpt) if ckpt is not None else Path(self.index.manifest.checkpoint)
         folder = folder / "export" if (folder / "export").is_dir() else folder
         if not folder.is_dir():
-            raise FileNotFoundError(f"checkpoint '{folder}' does not exist (the index was built with "
-                                    f"'{self.index.manifest.checkpoint}'; pass --ckpt)")
-        self.bundle: PretrainedMMD2V2 = load_pretrained(folder, device)
+            raise FileNotFoundError(
+                f"checkpoint '{folder}' does not exist (the index was built with "
+                f"'{self.index.manifest.checkpoint}'; pass --ckpt)"
+            )
+        self.bundle: ExportedModel = load_export(folder, device)
         self.index.check_queries(self.bundle.config.model.embed_dim, checkpoint_id(folder))
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:

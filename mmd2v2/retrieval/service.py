@@ -40,9 +40,17 @@ class TextQuery(BaseModel):
 
 
 def _hits_json(hits: list[SearchHit]) -> dict[str, Any]:
-    return {"hits": [{"id": h.id, "score": round(h.score, 6), **{k: v for k, v in h.row.items() if k != "id"},
-                      **({"thumbnail": f"/api/items/{h.id}/thumbnail"} if h.row.get("kind") == "image" else {})}
-                     for h in hits]}
+    return {
+        "hits": [
+            {
+                "id": h.id,
+                "score": round(h.score, 6),
+                **{k: v for k, v in h.row.items() if k != "id"},
+                **({"thumbnail": f"/api/items/{h.id}/thumbnail"} if h.row.get("kind") == "image" else {}),
+            }
+            for h in hits
+        ]
+    }
 
 
 def _validation_message(error: RequestValidationError) -> str:
@@ -61,7 +69,10 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
         texts, images = QueryBatcher(searcher.text_vectors), QueryBatcher(searcher.image_vectors)
         text_vector, image_vector = texts.submit, images.submit
     else:
-        text_vector, image_vector = (lambda t: searcher.text_vectors([t])[0]), (lambda i: searcher.image_vectors([i])[0])
+        text_vector, image_vector = (
+            (lambda t: searcher.text_vectors([t])[0]),
+            (lambda i: searcher.image_vectors([i])[0]),
+        )
     page = resources.files("mmd2v2.retrieval").joinpath("static/search.html").read_text(encoding="utf-8")
 
     @app.middleware("http")
@@ -94,9 +105,16 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
     @app.get("/api/info")
     def info() -> dict[str, Any]:
         manifest = index.manifest
-        return {"count": manifest.count, "dim": manifest.dim, "index_type": manifest.index_type, "metric": manifest.metric,
-                "checkpoint_id": manifest.checkpoint_id, "created": manifest.created, "max_k": MAX_K,
-                "max_upload_bytes": max_upload_bytes}
+        return {
+            "count": manifest.count,
+            "dim": manifest.dim,
+            "index_type": manifest.index_type,
+            "metric": manifest.metric,
+            "checkpoint_id": manifest.checkpoint_id,
+            "created": manifest.created,
+            "max_k": MAX_K,
+            "max_upload_bytes": max_upload_bytes,
+        }
 
     @app.post("/api/search/text")
     def search_text(query: TextQuery) -> dict[str, Any]:
@@ -105,8 +123,11 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
         return _hits_json(index.search(text_vector(query.text)[None], query.k, query.kind)[0])
 
     @app.post("/api/search/image")
-    def search_image(image: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K),
-                     kind: Literal["image", "text"] | None = Form(None)) -> dict[str, Any]:
+    def search_image(
+        image: UploadFile = File(...),
+        k: int = Form(10, ge=1, le=MAX_K),
+        kind: Literal["image", "text"] | None = Form(None),
+    ) -> dict[str, Any]:
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"upload larger than {max_upload_bytes} bytes")
@@ -119,8 +140,9 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
         return _hits_json(index.search(image_vector(decoded)[None], k, kind)[0])
 
     @app.get("/api/search/id/{item_id}")
-    def search_id(item_id: int, k: int = Query(10, ge=1, le=MAX_K),
-                  kind: Literal["image", "text"] | None = Query(None)) -> dict[str, Any]:
+    def search_id(
+        item_id: int, k: int = Query(10, ge=1, le=MAX_K), kind: Literal["image", "text"] | None = Query(None)
+    ) -> dict[str, Any]:
         _row(item_id)
         try:
             return _hits_json(searcher.by_id(item_id, k, kind))

@@ -41,7 +41,9 @@ def save_checkpoint(engine: Any, output_dir: str | Path, step: int, client_state
         (root / tag / COMPLETE_MARKER).write_text(json.dumps({"step": step, "skipped": client_state.get("skipped", 0)}))
         complete = complete_tags(output_dir)
         for path in root.iterdir():
-            stale = path.is_dir() and (path.name not in complete or path.name in complete[: max(0, len(complete) - keep)])
+            stale = path.is_dir() and (
+                path.name not in complete or path.name in complete[: max(0, len(complete) - keep)]
+            )
             if stale and path.name != tag:
                 shutil.rmtree(path, ignore_errors=True)
     dist.barrier()

@@ -25,8 +25,9 @@ def ensure_distributed_env() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(port)})
+        os.environ.update(
+            {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        )
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
@@ -34,7 +35,9 @@ def ensure_distributed_env() -> None:
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -49,9 +52,17 @@ def deepspeed_config(config: Any, world_size: int) -> dict[str, Any]:
         "gradient_accumulation_steps": ds.gradient_accumulation_steps,
         "train_batch_size": micro * ds.gradient_accumulation_steps * world_size,
         "gradient_clipping": ds.gradient_clipping,
-        "optimizer": {"type": "AdamW", "params": {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,
-                                                  "weight_decay": optim.weight_decay, "torch_adam": True,
-                                                  **({"fused": True} if fused else {})}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": optim.lr,
+                "betas": list(optim.betas),
+                "eps": optim.eps,
+                "weight_decay": optim.weight_decay,
+                "torch_adam": True,
+                **({"fused": True} if fused else {}),
+            },
+        },
         "zero_optimization": {"stage": ds.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
@@ -67,7 +78,9 @@ def create_engine(module: nn.Module, config: Any, total_steps: int) -> Any:
     groups = parameter_groups(module, config.optim.weight_decay)
     schedule = WarmupCosine(total_steps, round(config.optim.warmup_fraction * total_steps), config.optim.min_lr_ratio)
     engine, optimizer, _, _ = deepspeed.initialize(
-        model=module, model_parameters=groups, config=deepspeed_config(config, world_size),
+        model=module,
+        model_parameters=groups,
+        config=deepspeed_config(config, world_size),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
     return engine

@@ -18,8 +18,11 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Random-number state of this process (stochastic depth and dropout draw from it)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": [*np.random.get_state()[1].tolist(), np.random.get_state()[2]],
-                             "python": list(random.getstate()[1])}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [*np.random.get_state()[1].tolist(), np.random.get_state()[2]],
+        "python": list(random.getstate()[1]),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state

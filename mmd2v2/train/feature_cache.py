@@ -41,7 +41,7 @@ from mmd2v2.data.pairs import CaptionPairDataset, PairSample
 from mmd2v2.data.preprocessing import ImagePreprocessor, image_batches, loader_workers
 from mmd2v2.data.sources import TrainingData
 from mmd2v2.losses.distributed import data_parallel_world
-from mmd2v2.models.mmd2v2 import MMD2V2
+from mmd2v2.models.dual_encoder import DualEncoder
 from mmd2v2.models.teacher import ImageTeacher
 
 AUTO = "auto"
@@ -58,7 +58,7 @@ def cache_folder(config: Config, output_dir: Path) -> Path | None:
     return output_dir / "feature_cache" if config.cache.dir == AUTO else Path(config.cache.dir)
 
 
-def encoder_tokens(student: MMD2V2, size: int) -> int:
+def encoder_tokens(student: DualEncoder, size: int) -> int:
     """Length of the frozen image encoder's output sequence at the run's image size."""
     weight = next(student.image_encoder.parameters())
     with torch.inference_mode():
@@ -69,24 +69,35 @@ def encoder_tokens(student: MMD2V2, size: int) -> int:
 def cache_source(config: Config, data: TrainingData) -> CaptionPairDataset:
     """The run's one random-access source, or CacheRefused with the reason the run cannot be cached (cheap checks)."""
     if crop_flip_settings(config.data) is not None and config.cache.views < 1:
-        raise CacheRefused("training augmentation (data.random_crop_scale / data.hflip_prob) gives the teacher and the "
-                           "encoders a new view every step: set cache.views to the augmented views to store per image")
+        raise CacheRefused(
+            "training augmentation (data.random_crop_scale / data.hflip_prob) gives the teacher and the "
+            "encoders a new view every step: set cache.views to the augmented views to store per image"
+        )
     source = data.sources[0].data if len(data.sources) == 1 else None
     if not isinstance(source, CaptionPairDataset):
-        raise CacheRefused("the feature cache needs one random-access source (karpathy or table), not "
-                           f"{len(data.sources)} sources or streamed shards")
+        raise CacheRefused(
+            "the feature cache needs one random-access source (karpathy or table), not "
+            f"{len(data.sources)} sources or streamed shards"
+        )
     return source
 
 
-def plan_cache(config: Config, source: CaptionPairDataset, preprocess: ImagePreprocessor,
-               tokenizer: PreTrainedTokenizerBase, teacher: ImageTeacher | None, student: MMD2V2) -> CachePlan:
+def plan_cache(
+    config: Config,
+    source: CaptionPairDataset,
+    preprocess: ImagePreprocessor,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: ImageTeacher | None,
+    student: DualEncoder,
+) -> CachePlan:
     """What this run's cache must hold and the fingerprints (hashes of every weight) it must match; CacheRefused
     when there is nothing to cache."""
     augmentation = crop_flip_settings(config.data)
     kinds: dict[str, tuple[int, ...]] = {}
     fingerprints: dict[str, object] = {
         "data": text_fingerprint([f"{r.path}" for r in source.records] + [c for _, c in source.pairs]),
-        "preprocessing": preprocess.to_dict()}
+        "preprocessing": preprocess.to_dict(),
+    }
     if augmentation is not None:
         fingerprints["augmentation"] = {**augmentation, "seed": config.trainer.seed}
     if teacher is not None:
@@ -99,30 +110,58 @@ def plan_cache(config: Config, source: CaptionPairDataset, preprocess: ImagePrep
         kinds["text_tokens"] = (config.data.max_text_length, student.text_encoder.width)
         fingerprints["text_encoder"] = tensor_fingerprint(student.text_encoder)
         vocabulary = [f"{token}\t{index}" for token, index in sorted(tokenizer.get_vocab().items())]
-        fingerprints["tokenizer"] = {"vocabulary": text_fingerprint(vocabulary), "max_length": config.data.max_text_length}
+        fingerprints["tokenizer"] = {
+            "vocabulary": text_fingerprint(vocabulary),
+            "max_length": config.data.max_text_length,
+        }
     if not kinds:
         raise CacheRefused("nothing to cache: no distillation teacher, and no fully frozen encoder with cache.encoders")
-    return CachePlan(kinds, len(source.records), len(source.pairs), config.cache.rows_per_shard, fingerprints,
-                     config.cache.views if augmentation is not None else 1)
+    return CachePlan(
+        kinds,
+        len(source.records),
+        len(source.pairs),
+        config.cache.rows_per_shard,
+        fingerprints,
+        config.cache.views if augmentation is not None else 1,
+    )
 
 
 def stored_view(config: Config, image_row: int, view: int) -> Tensor:
     """The crop-and-flip matrix of one stored view (the same at cache-building and at training time)."""
     augmentation = crop_flip_settings(config.data)
     assert augmentation is not None
-    return view_crop_flip(config.trainer.seed, image_row, view, tuple(augmentation["scale"]), tuple(augmentation["ratio"]),
-                          augmentation["flip_prob"])
+    return view_crop_flip(
+        config.trainer.seed,
+        image_row,
+        view,
+        tuple(augmentation["scale"]),
+        tuple(augmentation["ratio"]),
+        augmentation["flip_prob"],
+    )
 
 
-def _build_image_shard(plan: CachePlan, folder: Path, shard: int, source: CaptionPairDataset, preprocess: ImagePreprocessor,
-                       teacher: ImageTeacher | None, student: MMD2V2, config: Config, device: torch.device) -> None:
+def _build_image_shard(
+    plan: CachePlan,
+    folder: Path,
+    shard: int,
+    source: CaptionPairDataset,
+    preprocess: ImagePreprocessor,
+    teacher: ImageTeacher | None,
+    student: DualEncoder,
+    config: Config,
+    device: torch.device,
+) -> None:
     kinds = [k for k in plan.kinds if k in PER_IMAGE]
     rows = plan.shard_rows(kinds[0], shard)
     arrays = {k: np.zeros((len(rows), plan.views, *plan.kinds[k]), dtype=np.float16) for k in kinds}
     augmented = crop_flip_settings(config.data) is not None
     valid = np.zeros(len(rows), dtype=bool)
-    loader = image_batches([source.records[row].path for row in rows], preprocess, config.cache.batch_size,
-                           loader_workers(config.data.num_workers))
+    loader = image_batches(
+        [source.records[row].path for row in rows],
+        preprocess,
+        config.cache.batch_size,
+        loader_workers(config.data.num_workers),
+    )
     with torch.inference_mode():
         for pixels, positions in loader:
             if pixels is None:
@@ -142,23 +181,45 @@ def _build_image_shard(plan: CachePlan, folder: Path, shard: int, source: Captio
     write_shard(folder, valid_name(shard), valid)  # written last: it marks the shard complete
 
 
-def _build_text_shard(plan: CachePlan, folder: Path, shard: int, source: CaptionPairDataset,
-                      tokenizer: PreTrainedTokenizerBase, student: MMD2V2, config: Config, device: torch.device) -> None:
+def _build_text_shard(
+    plan: CachePlan,
+    folder: Path,
+    shard: int,
+    source: CaptionPairDataset,
+    tokenizer: PreTrainedTokenizerBase,
+    student: DualEncoder,
+    config: Config,
+    device: torch.device,
+) -> None:
     rows = plan.shard_rows("text_tokens", shard)
     array = np.zeros((len(rows), *plan.kinds["text_tokens"]), dtype=np.float16)
     with torch.inference_mode():
         for start in range(0, len(rows), config.cache.batch_size):
             chunk = rows[start : start + config.cache.batch_size]
-            tokens = tokenizer([source.pairs[i][1] for i in chunk], padding="max_length", truncation=True,
-                               max_length=config.data.max_text_length, return_tensors="pt").to(device)
+            tokens = tokenizer(
+                [source.pairs[i][1] for i in chunk],
+                padding="max_length",
+                truncation=True,
+                max_length=config.data.max_text_length,
+                return_tensors="pt",
+            ).to(device)
             hidden = student.text_encoder(tokens["input_ids"], tokens["attention_mask"])
             array[start : start + len(chunk)] = hidden.cpu().half().numpy()
     write_shard(folder, shard_name("text_tokens", shard), array)
 
 
-def build_cache(plan: CachePlan, folder: Path, source: CaptionPairDataset, preprocess: ImagePreprocessor,
-                tokenizer: PreTrainedTokenizerBase, teacher: ImageTeacher | None, student: MMD2V2, config: Config,
-                device: torch.device, progress: bool) -> None:
+def build_cache(
+    plan: CachePlan,
+    folder: Path,
+    source: CaptionPairDataset,
+    preprocess: ImagePreprocessor,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: ImageTeacher | None,
+    student: DualEncoder,
+    config: Config,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """Compute the missing shards (rank r builds shards r, r + world, ...), then rank 0 writes the manifest."""
     rank, world = data_parallel_world()
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,9 +246,18 @@ def build_cache(plan: CachePlan, folder: Path, source: CaptionPairDataset, prepr
         dist.barrier()
 
 
-def open_cache(config: Config, output_dir: Path, data: TrainingData, preprocess: ImagePreprocessor,
-               tokenizer: PreTrainedTokenizerBase, teacher: ImageTeacher | None, student: MMD2V2, passes: float,
-               device: torch.device, force: bool = False) -> tuple[FeatureCache | None, str]:
+def open_cache(
+    config: Config,
+    output_dir: Path,
+    data: TrainingData,
+    preprocess: ImagePreprocessor,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: ImageTeacher | None,
+    student: DualEncoder,
+    passes: float,
+    device: torch.device,
+    force: bool = False,
+) -> tuple[FeatureCache | None, str]:
     """The run's checked cache (built first when missing) and a line saying what it holds or why there is none.
 
     `passes`: planned passes over the data; 'auto' skips the cache below two (building it costs one pass).
@@ -208,7 +278,9 @@ def open_cache(config: Config, output_dir: Path, data: TrainingData, preprocess:
     built = ""
     if not (folder / MANIFEST).is_file():
         start = time.perf_counter()
-        build_cache(plan, folder, source, preprocess, tokenizer, teacher, student, config, device, config.trainer.progress_bar)
+        build_cache(
+            plan, folder, source, preprocess, tokenizer, teacher, student, config, device, config.trainer.progress_bar
+        )
         built = f", built in {time.perf_counter() - start:.0f} s"
     cache = FeatureCache(folder)
     cache.check(plan)

@@ -28,10 +28,16 @@ class VLBatch:
 
     def to(self, device: torch.device | str) -> VLBatch:
         """The batch with its tensors on `device`."""
-        tokens = TokenizedTexts(self.tokens.input_ids.to(device), self.tokens.attention_mask.to(device),
-                                self.tokens.word_index, self.tokens.num_words, self.tokens.truncated)
-        return VLBatch(self.examples, self.pixel_values.to(device), self.texts, self.image_index.to(device), tokens,
-                       self.skipped)
+        tokens = TokenizedTexts(
+            self.tokens.input_ids.to(device),
+            self.tokens.attention_mask.to(device),
+            self.tokens.word_index,
+            self.tokens.num_words,
+            self.tokens.truncated,
+        )
+        return VLBatch(
+            self.examples, self.pixel_values.to(device), self.texts, self.image_index.to(device), tokens, self.skipped
+        )
 
 
 class ExampleImages(Dataset[tuple[VLExample, Tensor | None]]):
@@ -95,13 +101,26 @@ class SkippableBatches(Sampler[list[int]]):
         return len(self.batches)  # type: ignore[arg-type]
 
 
-def example_loader(examples: list[VLExample], preprocess: ImagePreprocessor, collator: BatchCollator, batch_size: int,
-                   shuffle: bool, seed: int, cache: bool = False, workers: int = 0) -> DataLoader[VLBatch]:
+def example_loader(
+    examples: list[VLExample],
+    preprocess: ImagePreprocessor,
+    collator: BatchCollator,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    cache: bool = False,
+    workers: int = 0,
+) -> DataLoader[VLBatch]:
     """A loader over `examples` (seeded shuffling when `shuffle`); its batch sampler can skip batches on resume.
     `workers` processes decode and tokenise (same batches, same order); decoded images are kept in memory across
     passes only with `cache` and no workers (a worker's memory is gone after each pass)."""
     generator = torch.Generator().manual_seed(seed)
     dataset = ExampleImages(examples, preprocess, cache and workers == 0)
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_sampler=SkippableBatches(BatchSampler(order, batch_size, drop_last=False)),
-                      generator=generator, collate_fn=collator, num_workers=workers)
+    return DataLoader(
+        dataset,
+        batch_sampler=SkippableBatches(BatchSampler(order, batch_size, drop_last=False)),
+        generator=generator,
+        collate_fn=collator,
+        num_workers=workers,
+    )

@@ -1,4 +1,4 @@
-"""A finetuned VL model on disk: the backbone as an mmd2v2 export (loads with load_pretrained), the task head in
+"""A finetuned VL model on disk: the backbone as an mmd2v2 export (loads with load_export), the task head in
 safetensors, and a JSON of the task (name, classes) and metrics. Written to a temporary folder, then renamed."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.files import replace_folder
-from mmd2v2.models.pretrained import load_pretrained, save_pretrained
+from mmd2v2.models.exported import load_export, save_export
 from mmd2v2.vl.student import StudentParts, VLStudent
 
 BACKBONE, HEAD, TASK = "backbone", "head.safetensors", "task.json"
@@ -25,8 +25,9 @@ def save_vl_model(student: VLStudent, parts: StudentParts, folder: str | Path, t
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_pretrained(student.backbone, parts.config, parts.tokenizer, parts.preprocess, tmp / BACKBONE,
-                    {"vl_task": task["name"]})
+    save_export(
+        student.backbone, parts.config, parts.tokenizer, parts.preprocess, tmp / BACKBONE, {"vl_task": task["name"]}
+    )
     save_file({k: v.detach().cpu().contiguous() for k, v in student.head.state_dict().items()}, str(tmp / HEAD))
     (tmp / TASK).write_text(json.dumps(task, indent=2))
     replace_folder(tmp, folder)
@@ -39,7 +40,7 @@ def load_vl_model(folder: str | Path) -> tuple[VLStudent, PreTrainedTokenizerBas
     if not (folder / TASK).is_file() or not (folder / HEAD).is_file():
         raise FileNotFoundError(f"'{folder}' is not a VL model folder: missing '{TASK}' or '{HEAD}'")
     task = json.loads((folder / TASK).read_text())
-    bundle = load_pretrained(folder / BACKBONE)
+    bundle = load_export(folder / BACKBONE)
     student = VLStudent(bundle.model, len(task["classes"]) if task["name"] != "vcr" else 1, task["head_hidden_ratio"])
     student.head.load_state_dict(load_file(str(folder / HEAD)))
     return student.eval(), bundle.tokenizer, bundle.preprocess, task

@@ -81,7 +81,9 @@ class TeachersConfig:
     # kind none = the vision or text teacher that is one
     zero_shot: TeacherSpec = field(default_factory=lambda: TeacherSpec(family="clip"))
     zero_shot_logit_scale: float = 100.0  # logits = scale * cosine (100 = trained CLIP's exp(logit_scale))
-    zero_shot_prompt: Literal["ia", "iqa"] = "ia"  # VCR: image vs answer / rationale alone (IA / IR), or with the question
+    zero_shot_prompt: Literal["ia", "iqa"] = (
+        "ia"  # VCR: image vs answer / rationale alone (IA / IR), or with the question
+    )
 
 
 @dataclass
@@ -126,7 +128,9 @@ class VLTrainerConfig:
     device: str = "cpu"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA GPUs that have it, else fp32
     num_workers: int = 0  # loader processes decoding images and tokenising (training, evaluation, zero-shot)
-    checkpoint_every: int | None = 2000  # optimizer steps between saves of RUN/resume/ (`vl train --resume`); None: never
+    checkpoint_every: int | None = (
+        2000  # optimizer steps between saves of RUN/resume/ (`vl train --resume`); None: never
+    )
 
 
 @dataclass
@@ -161,10 +165,14 @@ class VLConfig:
         if self.distill.num_tokens < 1:
             raise ConfigError(f"config key 'distill.num_tokens': got {self.distill.num_tokens}, expected >= 1")
         if not 0 < self.adaptive.mlm_probability < 1:
-            raise ConfigError(f"config key 'adaptive.mlm_probability': got {self.adaptive.mlm_probability}, expected (0, 1)")
+            raise ConfigError(
+                f"config key 'adaptive.mlm_probability': got {self.adaptive.mlm_probability}, expected (0, 1)"
+            )
         for setting in self.protocol.settings:
             if setting not in ("zero_shot", "low_shot", "full"):
-                raise ConfigError(f"config key 'protocol.settings': got '{setting}', expected zero_shot, low_shot or full")
+                raise ConfigError(
+                    f"config key 'protocol.settings': got '{setting}', expected zero_shot, low_shot or full"
+                )
         check_teachers(self)
 
 
@@ -176,8 +184,11 @@ def gives_logits(spec: TeacherSpec) -> bool:
 def logits_teacher(teachers: TeachersConfig) -> tuple[str, TeacherSpec] | None:
     """The key and spec of the dual encoder giving zero-shot logits: teachers.zero_shot, else the vision or text
     teacher that is one."""
-    candidates = [("teachers.zero_shot", teachers.zero_shot)] if teachers.zero_shot.kind != "none" else \
-        [("teachers.vision", teachers.vision), ("teachers.text", teachers.text)]
+    candidates = (
+        [("teachers.zero_shot", teachers.zero_shot)]
+        if teachers.zero_shot.kind != "none"
+        else [("teachers.vision", teachers.vision), ("teachers.text", teachers.text)]
+    )
     return next(((key, spec) for key, spec in candidates if gives_logits(spec)), None)
 
 
@@ -191,21 +202,29 @@ def check_teachers(cfg: VLConfig) -> None:
     """Refuse, in one line naming both keys, a switched-on feature that no configured teacher can serve."""
     distill, teachers = cfg.distill, cfg.teachers
     if teachers.zero_shot.kind != "none" and not gives_logits(teachers.zero_shot):
-        raise ConfigError(f"config key 'teachers.zero_shot.family': got '{teachers.zero_shot.family}' with kind hf; "
-                          "zero-shot logits need family clip (or kind mmd2v2)")
-    needs = [("distill.vision", distill.vision, "teachers.vision"),
-             ("distill.token_selection", distill.token_selection == "adaptive", "teachers.vision"),
-             ("distill.text", distill.text, "teachers.text"),
-             ("distill.token_selection", distill.token_selection != "none", "teachers.text")]
+        raise ConfigError(
+            f"config key 'teachers.zero_shot.family': got '{teachers.zero_shot.family}' with kind hf; "
+            "zero-shot logits need family clip (or kind mmd2v2)"
+        )
+    needs = [
+        ("distill.vision", distill.vision, "teachers.vision"),
+        ("distill.token_selection", distill.token_selection == "adaptive", "teachers.vision"),
+        ("distill.text", distill.text, "teachers.text"),
+        ("distill.token_selection", distill.token_selection != "none", "teachers.text"),
+    ]
     for feature, on, teacher in needs:
         if on and getattr(teachers, teacher.split(".")[1]).kind == "none":
             value = getattr(distill, feature.split(".")[1])
-            raise ConfigError(f"config keys '{feature}' and '{teacher}.kind': {feature}={value} needs a "
-                              f"{teacher.split('.')[1]} teacher, but {teacher}.kind is none")
+            raise ConfigError(
+                f"config keys '{feature}' and '{teacher}.kind': {feature}={value} needs a "
+                f"{teacher.split('.')[1]} teacher, but {teacher}.kind is none"
+            )
     if distill.confidence_weighting and logits_teacher(teachers) is None:
-        raise ConfigError("config keys 'distill.confidence_weighting' and 'teachers.zero_shot': confidence weighting "
-                          "needs zero-shot logits, but no teacher gives them (set teachers.zero_shot to an mmd2v2 "
-                          "export or a CLIP folder: kind hf, family clip)")
+        raise ConfigError(
+            "config keys 'distill.confidence_weighting' and 'teachers.zero_shot': confidence weighting "
+            "needs zero-shot logits, but no teacher gives them (set teachers.zero_shot to an mmd2v2 "
+            "export or a CLIP folder: kind hf, family clip)"
+        )
 
 
 def vl_config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> VLConfig:
@@ -219,14 +238,21 @@ def load_vl_config(path: str | Path | None, overrides: list[str] | tuple[str, ..
 
 
 # settings that name a run (its folder) or do not change what it trains: two runs that differ only here are the same
-_NOT_COMPARED = {"trainer": ("output_dir", "progress_bar", "log_every", "eval_batch_size", "checkpoint_every",
-                             "num_workers"),
-                 "protocol": ("settings", "shots", "seeds", "methods", "full_seeds")}
+_NOT_COMPARED = {
+    "trainer": ("output_dir", "progress_bar", "log_every", "eval_batch_size", "checkpoint_every", "num_workers"),
+    "protocol": ("settings", "shots", "seeds", "methods", "full_seeds"),
+}
 
 
 def _compared(settings: dict[str, Any]) -> dict[str, Any]:
-    return {section: ({k: v for k, v in values.items() if k not in _NOT_COMPARED.get(section, ())}
-                      if isinstance(values, dict) else values) for section, values in settings.items()}
+    return {
+        section: (
+            {k: v for k, v in values.items() if k not in _NOT_COMPARED.get(section, ())}
+            if isinstance(values, dict)
+            else values
+        )
+        for section, values in settings.items()
+    }
 
 
 def same_run_settings(path: str | Path, config: VLConfig) -> bool:

@@ -81,14 +81,23 @@ def demo_statements(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
     count = sum(o.shape == count_shape for o in objects)
     wrong = int(rng.choice([n for n in range(5) if n != count]))
     missing = absent[int(rng.integers(len(absent)))]
-    true_options = [f"there is a {pick.colour} {pick.shape}", f"the {pick.colour} {pick.shape} is at the {_place(pick)}",
-                    _there_are(count, count_shape), scene.captions[1]]
-    false_options = [f"there is a {missing[0]} {missing[1]}",
-                     f"the {pick.colour} {pick.shape} is at the {other_cells[int(rng.integers(len(other_cells)))]}",
-                     _there_are(wrong, count_shape)]
+    true_options = [
+        f"there is a {pick.colour} {pick.shape}",
+        f"the {pick.colour} {pick.shape} is at the {_place(pick)}",
+        _there_are(count, count_shape),
+        scene.captions[1],
+    ]
+    false_options = [
+        f"there is a {missing[0]} {missing[1]}",
+        f"the {pick.colour} {pick.shape} is at the {other_cells[int(rng.integers(len(other_cells)))]}",
+        _there_are(wrong, count_shape),
+    ]
     neutral = f"the {pick.colour} {pick.shape} is {UNOBSERVABLE[int(rng.integers(len(UNOBSERVABLE)))]}"
-    return [(true_options[int(rng.integers(len(true_options)))], "entailment"),
-            (false_options[int(rng.integers(len(false_options)))], "contradiction"), (neutral, "neutral")]
+    return [
+        (true_options[int(rng.integers(len(true_options)))], "entailment"),
+        (false_options[int(rng.integers(len(false_options)))], "contradiction"),
+        (neutral, "neutral"),
+    ]
 
 
 def _place_words(row: int, col: int) -> list[str]:
@@ -112,8 +121,11 @@ def _object_facts(scene: Scene, k: int) -> tuple[list[list[Any]], list[list[Any]
             (true if holds else false).append([[k], "is", level, [j]])
     same_colour = sum(o.colour == obj.colour for o in scene.objects)
     for count in range(1, 5):
-        fact = ([[k], "is", "the", "only", obj.colour, "shape"] if count == 1
-                else [[k], "is", "one", "of", NUMBERS[count], obj.colour, "shapes"])
+        fact = (
+            [[k], "is", "the", "only", obj.colour, "shape"]
+            if count == 1
+            else [[k], "is", "one", "of", NUMBERS[count], obj.colour, "shapes"]
+        )
         (true if count == same_colour else false).append(fact)
     return true, false
 
@@ -133,19 +145,33 @@ def demo_vcr_record(scene: Scene, rng: np.random.Generator, split: str, index: i
     if rng.random() < 0.5:
         question = ["what", "color", "is", [k], *_place_words(obj.row, obj.col), "?"]
         wrong_colours = [c for c in COLOURS if c != obj.colour]
-        answers, answer_label = _with_right_choice([[k], "is", obj.colour], [[[k], "is", c] for c in wrong_colours], rng)
+        answers, answer_label = _with_right_choice(
+            [[k], "is", obj.colour], [[[k], "is", c] for c in wrong_colours], rng
+        )
     else:
         question = ["where", "is", "the", obj.colour, [k], "?"]
         cells = [(r, c) for r in range(3) for c in range(3) if (r, c) != (obj.row, obj.col)]
-        answers, answer_label = _with_right_choice([[k], "is", *_place_words(obj.row, obj.col)],
-                                                   [[[k], "is", *_place_words(r, c)] for r, c in cells], rng)
+        answers, answer_label = _with_right_choice(
+            [[k], "is", *_place_words(obj.row, obj.col)], [[[k], "is", *_place_words(r, c)] for r, c in cells], rng
+        )
     true, false = _object_facts(scene, k)
     rationales, rationale_label = _with_right_choice(true[int(rng.integers(len(true)))], false, rng)
     image = f"{split}/{index:06d}.png"
-    return {"movie": "demo_scenes", "objects": [o.shape for o in scene.objects], "img_fn": image,
-            "metadata_fn": image.replace(".png", ".json"), "question": question, "answer_choices": answers,
-            "rationale_choices": rationales, "answer_label": answer_label, "rationale_label": rationale_label,
-            "annot_id": f"{split}-{index}", "question_number": 0, "img_id": f"{split}-{index}", "match_fold": split}
+    return {
+        "movie": "demo_scenes",
+        "objects": [o.shape for o in scene.objects],
+        "img_fn": image,
+        "metadata_fn": image.replace(".png", ".json"),
+        "question": question,
+        "answer_choices": answers,
+        "rationale_choices": rationales,
+        "answer_label": answer_label,
+        "rationale_label": rationale_label,
+        "annot_id": f"{split}-{index}",
+        "question_number": 0,
+        "img_id": f"{split}-{index}",
+        "match_fold": split,
+    }
 
 
 def _write_split(folder: Path, split: str, count: int, seed: int, image_size: int) -> None:
@@ -159,32 +185,54 @@ def _write_split(folder: Path, split: str, count: int, seed: int, image_size: in
         for number, (question, answer) in enumerate(demo_questions(scene, rng)):
             qid = index * 10 + number
             questions.append({"image_id": index, "question": question, "question_id": qid})
-            annotations.append({"question_id": qid, "image_id": index, "question_type": " ".join(question.split()[:2]),
-                                "answer_type": "other", "multiple_choice_answer": answer,
-                                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": k + 1}
-                                            for k in range(10)]})
+            annotations.append(
+                {
+                    "question_id": qid,
+                    "image_id": index,
+                    "question_type": " ".join(question.split()[:2]),
+                    "answer_type": "other",
+                    "multiple_choice_answer": answer,
+                    "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)],
+                }
+            )
         for number, (statement, label) in enumerate(demo_statements(scene, rng)):
-            statements.append({"Flickr30K_ID": f"{index:06d}", "pairID": f"{index:06d}#{number}",
-                               "sentence1": scene.captions[0], "sentence2": statement, "gold_label": label})
+            statements.append(
+                {
+                    "Flickr30K_ID": f"{index:06d}",
+                    "pairID": f"{index:06d}#{number}",
+                    "sentence1": scene.captions[0],
+                    "sentence2": statement,
+                    "gold_label": label,
+                }
+            )
         vcr_records.append(demo_vcr_record(scene, vcr_rng, split, index))
     (folder / "vqa").mkdir(exist_ok=True)
     (folder / "snli_ve").mkdir(exist_ok=True)
     (folder / "vcr").mkdir(exist_ok=True)
-    (folder / "vqa" / f"questions_{split}.json").write_text(json.dumps(
-        {"task_type": "Open-Ended", "data_type": "demo", "data_subtype": split, "questions": questions}))
-    (folder / "vqa" / f"annotations_{split}.json").write_text(json.dumps(
-        {"data_type": "demo", "data_subtype": split, "annotations": annotations}))
+    (folder / "vqa" / f"questions_{split}.json").write_text(
+        json.dumps({"task_type": "Open-Ended", "data_type": "demo", "data_subtype": split, "questions": questions})
+    )
+    (folder / "vqa" / f"annotations_{split}.json").write_text(
+        json.dumps({"data_type": "demo", "data_subtype": split, "annotations": annotations})
+    )
     with (folder / "snli_ve" / f"snli_ve_{split}.jsonl").open("w") as out:
         out.writelines(json.dumps(record) + "\n" for record in statements)
     with (folder / "vcr" / f"{split}.jsonl").open("w") as out:
         out.writelines(json.dumps(record) + "\n" for record in vcr_records)
 
 
-def write_vl_demo(root: str | Path, num_train: int = 1500, num_val: int = 300, image_size: int = 64,
-                  seed: int = 0) -> Path:
+def write_vl_demo(
+    root: str | Path, num_train: int = 1500, num_val: int = 300, image_size: int = 64, seed: int = 0
+) -> Path:
     """Write the VL demo into `root` (reused when written with the same settings); returns `root`."""
     root = Path(root)
-    manifest = {"version": DEMO_VERSION, "num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
+    manifest = {
+        "version": DEMO_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": image_size,
+        "seed": seed,
+    }
     manifest_path = root / "vl_demo_manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
         return root
@@ -198,4 +246,3 @@ def write_vl_demo(root: str | Path, num_train: int = 1500, num_val: int = 300, i
     (tmp / "vl_demo_manifest.json").write_text(json.dumps(manifest))
     replace_folder(tmp, root)
     return root
-

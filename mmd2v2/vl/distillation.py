@@ -20,12 +20,16 @@ def l1_distance(student: Tensor, teacher: Tensor, reduction: str = "mean") -> Te
     """Absolute difference over the last dimension, its mean or (the paper's ||.||_1) its sum: (..., D) -> (...).
     The teacher side gets no gradient."""
     if student.shape != teacher.shape:
-        raise ValueError(f"distillation shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}")
+        raise ValueError(
+            f"distillation shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}"
+        )
     difference = (student.float() - teacher.detach().float()).abs()
     return difference.sum(-1) if reduction == "sum" else difference.mean(-1)
 
 
-def selected_words_l1(student_words: Tensor, teacher_words: Tensor, selected: Tensor, reduction: str = "mean") -> Tensor:
+def selected_words_l1(
+    student_words: Tensor, teacher_words: Tensor, selected: Tensor, reduction: str = "mean"
+) -> Tensor:
     """L'_dt per instance: mean over the selected words of their L1 distance; 0 where no word is selected.
 
     student_words, teacher_words: (N, W, D); selected: (N, W) bool.
@@ -59,8 +63,15 @@ class DistillTerms:
 
 def combine_losses(task_loss: Tensor, terms: DistillTerms, weight: float) -> tuple[Tensor, dict[str, Tensor]]:
     """L = L_task + w * mean_i(c_i * (L_dv,i + L_dt,i + L'_dt,i)); returns the loss and its named terms."""
-    parts = {name: value for name, value in (("distill_vision", terms.vision), ("distill_text", terms.text),
-                                              ("distill_words", terms.words)) if value is not None}
+    parts = {
+        name: value
+        for name, value in (
+            ("distill_vision", terms.vision),
+            ("distill_text", terms.text),
+            ("distill_words", terms.words),
+        )
+        if value is not None
+    }
     logged: dict[str, Tensor] = {"task": task_loss.detach()}
     if not parts:
         return task_loss, {**logged, "loss": task_loss.detach()}

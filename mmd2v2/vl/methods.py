@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-OFF = ["distill.vision=false", "distill.text=false", "distill.token_selection=none",
-       "distill.confidence_weighting=false", "adaptive.enabled=false"]
+OFF = [
+    "distill.vision=false",
+    "distill.text=false",
+    "distill.token_selection=none",
+    "distill.confidence_weighting=false",
+    "adaptive.enabled=false",
+]
 MD = ["distill.vision=true", "distill.text=true"]
 
 METHODS: dict[str, list[str]] = {
@@ -14,8 +19,14 @@ METHODS: dict[str, list[str]] = {
     "md_ts_random": [*OFF, *MD, "distill.token_selection=random"],  # + random selection (no language prior)
     "md_ts_cw": [*OFF, *MD, "distill.token_selection=adaptive", "distill.confidence_weighting=true"],  # + CW
     "af_no_distill": [*OFF, "adaptive.enabled=true", "adaptive.distill=false"],  # 2nd-stage 'pretraining' only
-    "mad": [*OFF, *MD, "distill.token_selection=adaptive", "distill.confidence_weighting=true",
-            "adaptive.enabled=true", "adaptive.distill=true"],  # MAD: TS + CW + AF
+    "mad": [
+        *OFF,
+        *MD,
+        "distill.token_selection=adaptive",
+        "distill.confidence_weighting=true",
+        "adaptive.enabled=true",
+        "adaptive.distill=true",
+    ],  # MAD: TS + CW + AF
 }
 
 

@@ -21,9 +21,18 @@ from mmd2v2.vl.zero_shot import ZeroShotScorer
 class VLObjective:
     """Computes the loss terms of a batch for the configured task, distillation and adaptive finetuning."""
 
-    def __init__(self, distill: DistillConfig, adaptive: AdaptiveConfig, task: TaskData, student: VLStudent,
-                 teachers: Teachers, scorer: ZeroShotScorer | None, tokenizer: PreTrainedTokenizerBase,
-                 max_length: int, seed: int) -> None:
+    def __init__(
+        self,
+        distill: DistillConfig,
+        adaptive: AdaptiveConfig,
+        task: TaskData,
+        student: VLStudent,
+        teachers: Teachers,
+        scorer: ZeroShotScorer | None,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        seed: int,
+    ) -> None:
         self.distill, self.adaptive, self.task = distill, adaptive, task
         self.student, self.teachers, self.scorer = student, teachers, scorer
         self.tokenizer, self.max_length = tokenizer, max_length
@@ -42,8 +51,16 @@ class VLObjective:
         assert self.teachers.vision is not None
         return self.teachers.vision.image_features(batch.pixel_values)[batch.image_index]
 
-    def distill_terms(self, batch: VLBatch, output: JointOutput, logits: Tensor | None, vision: bool, text: bool,
-                      selection: str, weighting: bool) -> DistillTerms:
+    def distill_terms(
+        self,
+        batch: VLBatch,
+        output: JointOutput,
+        logits: Tensor | None,
+        vision: bool,
+        text: bool,
+        selection: str,
+        weighting: bool,
+    ) -> DistillTerms:
         """Per-text distillation terms of the switched-on parts (and the confidence weights)."""
         terms = DistillTerms()
         student = self.student
@@ -56,7 +73,9 @@ class VLObjective:
             num_words = batch.tokens.num_words
             teacher = self.teachers.text.text_features(batch.texts, num_words)
             if text:
-                terms.text = l1_distance(student.text_head(output.cls), teacher.cls.to(output.cls.device), self.distill.l1)
+                terms.text = l1_distance(
+                    student.text_head(output.cls), teacher.cls.to(output.cls.device), self.distill.l1
+                )
             if selection != "none":
                 words, mask = pool_words(output.text_tokens, batch.tokens.word_index, num_words)
                 mask = mask & teacher.word_mask.to(mask.device)
@@ -68,8 +87,9 @@ class VLObjective:
                     chosen = top_words(selection_scores(relevance, keywords, mask), mask, self.distill.num_tokens)
                 else:
                     chosen = random_words(mask.cpu(), self.distill.num_tokens, self.generator).to(mask.device)
-                terms.words = selected_words_l1(student.text_head(words), teacher.words.to(words.device), chosen,
-                                                 self.distill.l1)
+                terms.words = selected_words_l1(
+                    student.text_head(words), teacher.words.to(words.device), chosen, self.distill.l1
+                )
         if weighting and logits is not None:
             assert self.scorer is not None  # check_teachers refused a config without zero-shot logits
             weights = confidence_weights(self.scorer.logits(batch), logits)
@@ -81,8 +101,9 @@ class VLObjective:
         output = self._forward(batch)
         logits = self.task_logits(batch, output)
         cfg = self.distill
-        terms = self.distill_terms(batch, output, logits, cfg.vision, cfg.text, cfg.token_selection,
-                                   cfg.confidence_weighting)
+        terms = self.distill_terms(
+            batch, output, logits, cfg.vision, cfg.text, cfg.token_selection, cfg.confidence_weighting
+        )
         return combine_losses(task_loss(self.task.name, logits, batch.examples), terms, cfg.weight)
 
     def _paired_batch(self, batch: VLBatch) -> VLBatch:
@@ -101,7 +122,9 @@ class VLObjective:
         candidates = (batch.tokens.word_index >= 0).to(ids.device)
         draw = torch.rand(ids.shape, generator=self.generator).to(ids.device) < self.adaptive.mlm_probability
         chosen = candidates & draw
-        mask_id = self.tokenizer.mask_token_id if self.tokenizer.mask_token_id is not None else self.tokenizer.unk_token_id
+        mask_id = (
+            self.tokenizer.mask_token_id if self.tokenizer.mask_token_id is not None else self.tokenizer.unk_token_id
+        )
         return ids.masked_fill(chosen, int(mask_id)), ids.masked_fill(~chosen, -100)
 
     def adapt_step(self, batch: VLBatch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -112,8 +135,11 @@ class VLObjective:
         masked, labels = self._masked_tokens(batch)
         output = student(batch.pixel_values, masked, batch.tokens.attention_mask, batch.image_index)
         mlm_logits = student.mlm_head(output.text_tokens)
-        mlm = F.cross_entropy(mlm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100) \
-            if bool((labels != -100).any()) else mlm_logits.sum() * 0.0
+        mlm = (
+            F.cross_entropy(mlm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            if bool((labels != -100).any())
+            else mlm_logits.sum() * 0.0
+        )
         n = len(batch.texts)
         swap = torch.rand(n, generator=self.generator) < 0.5
         offset = torch.randint(1, max(2, n), (n,), generator=self.generator)
@@ -124,7 +150,9 @@ class VLObjective:
         itm = F.cross_entropy(student.itm_head(itm_output.cls).float(), matched.to(itm_output.cls.device))
         aux = self.adaptive.mlm_weight * mlm + self.adaptive.itm_weight * itm
         on = self.adaptive.distill
-        terms = self.distill_terms(batch, output, None, on and self.distill.vision, on and self.distill.text, "none", False)
+        terms = self.distill_terms(
+            batch, output, None, on and self.distill.vision, on and self.distill.text, "none", False
+        )
         loss, logged = combine_losses(aux, terms, self.distill.weight)
         logged.update({"mlm": mlm.detach(), "itm": itm.detach()})
         logged.pop("task")

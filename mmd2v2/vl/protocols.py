@@ -41,8 +41,15 @@ def run_zero_shot(cfg: VLConfig, task: TaskData, source: tuple[str, TeacherSpec]
     dual = DualEncoders(None, cfg.task.max_text_length).get(source[1], source[0])
     scorer = ZeroShotScorer(dual, task, cfg.teachers.zero_shot_logit_scale, cfg.teachers.zero_shot_prompt)
     collator = BatchCollator(dual.tokenizer, dual.max_length)
-    return zero_shot_evaluate(scorer, task.val.examples, dual.preprocess, collator, cfg.trainer.eval_batch_size,
-                              cfg.trainer.progress_bar, cfg.trainer.num_workers)
+    return zero_shot_evaluate(
+        scorer,
+        task.val.examples,
+        dual.preprocess,
+        collator,
+        cfg.trainer.eval_batch_size,
+        cfg.trainer.progress_bar,
+        cfg.trainer.num_workers,
+    )
 
 
 def with_overrides(cfg: VLConfig, overrides: list[str]) -> VLConfig:
@@ -52,8 +59,11 @@ def with_overrides(cfg: VLConfig, overrides: list[str]) -> VLConfig:
 
 def summarise(values: list[float]) -> dict[str, float]:
     """Mean and (sample) variance of a setting's per-seed values (variance 0 for one value)."""
-    return {"mean": statistics.fmean(values), "var": statistics.variance(values) if len(values) > 1 else 0.0,
-            "n": float(len(values))}
+    return {
+        "mean": statistics.fmean(values),
+        "var": statistics.variance(values) if len(values) > 1 else 0.0,
+        "n": float(len(values)),
+    }
 
 
 UNITS = {"vqa": "questions", "snli_ve": "pairs", "vcr": "examples (Q->A + QA->R)"}
@@ -65,8 +75,9 @@ def size_label(counts: list[int]) -> str:
     return f"{low:,}" if low == high else f"{low:,}-{high:,}"
 
 
-def format_table(task: str, results: dict[str, dict[str, dict[str, float]]], columns: list[str],
-                 sizes: dict[str, list[int]]) -> str:
+def format_table(
+    task: str, results: dict[str, dict[str, dict[str, float]]], columns: list[str], sizes: dict[str, list[int]]
+) -> str:
     """Markdown table: rows = methods, columns = settings (with their training sizes), cells = mean (variance)."""
     headers = [f"{c} ({size_label(sizes[c])} {UNITS[task].split(' ')[0]})" if c in sizes else c for c in columns]
     lines = [f"| method | {' | '.join(headers)} |", "|---" * (len(columns) + 1) + "|"]
@@ -77,8 +88,12 @@ def format_table(task: str, results: dict[str, dict[str, dict[str, float]]], col
             cells.append("–" if cell is None else f"{cell['mean']:.2f} ({cell['var']:.2f}, n={int(cell['n'])})")
         lines.append(f"| {method} | {' | '.join(cells)} |")
     trained = "; ".join(f"{label}: {size_label(counts)}" for label, counts in sizes.items())
-    return (f"{task} {MAIN_METRIC[task]} (%), mean (variance, seeds) on the validation split\n\n" + "\n".join(lines)
-            + "\n" + (f"\ntraining {UNITS[task]} per run: {trained}\n" if sizes else ""))
+    return (
+        f"{task} {MAIN_METRIC[task]} (%), mean (variance, seeds) on the validation split\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + (f"\ntraining {UNITS[task]} per run: {trained}\n" if sizes else "")
+    )
 
 
 def finished_run(folder: Path, cfg: VLConfig) -> dict[str, Any] | None:
@@ -99,8 +114,10 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
     wants_zero_shot = "zero_shot" in cfg.protocol.settings and cfg.task.name != "vqa"  # VQA has no zero-shot here
     zero_shot = zero_shot_source(cfg) if wants_zero_shot else None
     if wants_zero_shot and zero_shot is None:
-        raise ConfigError("config keys 'protocol.settings' and 'protocol.zero_shot_model': zero_shot needs an mmd2v2 "
-                          "export or CLIP (protocol.zero_shot_model, teachers.zero_shot or student.init_from)")
+        raise ConfigError(
+            "config keys 'protocol.settings' and 'protocol.zero_shot_model': zero_shot needs an mmd2v2 "
+            "export or CLIP (protocol.zero_shot_model, teachers.zero_shot or student.init_from)"
+        )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(cfg.task)
@@ -112,8 +129,11 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
     if zero_shot is not None:
         metrics = run_zero_shot(cfg, task, zero_shot)
         runs.append({"setting": "zero_shot", "method": "dual_encoder", "seed": None, "metrics": metrics})
-        prompt = {"ia": ", IA / IR prompts", "iqa": ", IQA prompts"}[cfg.teachers.zero_shot_prompt] \
-            if task.name == "vcr" else ""
+        prompt = (
+            {"ia": ", IA / IR prompts", "iqa": ", IQA prompts"}[cfg.teachers.zero_shot_prompt]
+            if task.name == "vcr"
+            else ""
+        )
         results.setdefault(f"zero-shot (dual encoder{prompt})", {})["zero-shot"] = summarise([metrics[main]])
         columns.append("zero-shot")
     settings: list[tuple[str, int | None]] = []
@@ -124,29 +144,57 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
     for label, shots in settings:
         columns.append(label)
         seeds = cfg.protocol.seeds if shots is not None else cfg.protocol.seeds[: cfg.protocol.full_seeds]
-        subsets = {seed: None if shots is None else low_shot_subset(
-            task.name, task.train.examples, shots, seed, cfg.protocol.questions_per_image,
-            cfg.protocol.hypotheses_per_image) for seed in seeds}
+        subsets = {
+            seed: None
+            if shots is None
+            else low_shot_subset(
+                task.name,
+                task.train.examples,
+                shots,
+                seed,
+                cfg.protocol.questions_per_image,
+                cfg.protocol.hypotheses_per_image,
+            )
+            for seed in seeds
+        }
         sizes[label] = [len(task.train.examples) if subset is None else len(subset) for subset in subsets.values()]
         for method, method_cfg in method_cfgs.items():
             values = []
             for seed, subset in subsets.items():
-                steps = [f"trainer.max_steps={cfg.protocol.low_shot_max_steps}"] \
-                    if shots is not None and cfg.protocol.low_shot_max_steps else []
+                steps = (
+                    [f"trainer.max_steps={cfg.protocol.low_shot_max_steps}"]
+                    if shots is not None and cfg.protocol.low_shot_max_steps
+                    else []
+                )
                 run_cfg = with_overrides(method_cfg, [f"trainer.seed={seed}", *steps])
                 name = f"{method}_{label.replace('/', '_per_')}_seed{seed}"
                 metrics = finished_run(out / "runs" / name, run_cfg) if reuse else None
                 reused = metrics is not None
                 if metrics is None:  # an interrupted run with the same settings continues from its saved state
-                    metrics = train_vl(run_cfg, out / "runs" / name, task, subset,
-                                       resume=reuse and same_run_settings(out / "runs" / name / "config.yaml", run_cfg))
-                print(f"{name}: {main} {metrics[main]:.2f} ({metrics['train_examples']} training examples"
-                      f"{', finished earlier' if reused else ''})", flush=True)
+                    metrics = train_vl(
+                        run_cfg,
+                        out / "runs" / name,
+                        task,
+                        subset,
+                        resume=reuse and same_run_settings(out / "runs" / name / "config.yaml", run_cfg),
+                    )
+                print(
+                    f"{name}: {main} {metrics[main]:.2f} ({metrics['train_examples']} training examples"
+                    f"{', finished earlier' if reused else ''})",
+                    flush=True,
+                )
                 runs.append({"setting": label, "method": method, "seed": seed, "metrics": metrics})
                 values.append(metrics[main])
             results.setdefault(method, {})[label] = summarise(values)
-    report = {"task": task.name, "metric": main, "columns": columns, "results": results, "runs": runs,
-              "train_examples": sizes, "config": dataclasses.asdict(cfg)}
+    report = {
+        "task": task.name,
+        "metric": main,
+        "columns": columns,
+        "results": results,
+        "runs": runs,
+        "train_examples": sizes,
+        "config": dataclasses.asdict(cfg),
+    }
     write_text_atomic(out / "protocol.json", json.dumps(report, indent=2, default=str))
     table = format_table(task.name, results, columns, sizes)
     write_text_atomic(out / "protocol.md", table)

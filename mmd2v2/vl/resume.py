@@ -44,16 +44,31 @@ class SavedRun:
     pass_rng: torch.Tensor  # the data-order generator at the start of the current pass
 
 
-def save_run_state(run: Path, student: torch.nn.Module, position: Position, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler, rng: dict[str, Any], objective_rng: torch.Tensor,
-                   pass_rng: torch.Tensor) -> None:
+def save_run_state(
+    run: Path,
+    student: torch.nn.Module,
+    position: Position,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rng: dict[str, Any],
+    objective_rng: torch.Tensor,
+    pass_rng: torch.Tensor,
+) -> None:
     """Write RUN/resume/ (temporary folder, then renamed)."""
     tmp = run / f".{RESUME}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(student, str(tmp / STUDENT))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                "objective_rng": objective_rng, "pass_rng": pass_rng}, tmp / STATE)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "objective_rng": objective_rng,
+            "pass_rng": pass_rng,
+        },
+        tmp / STATE,
+    )
     (tmp / POSITION).write_text(json.dumps(asdict(position)))
     replace_folder(tmp, run / RESUME)
 
@@ -70,10 +85,13 @@ def load_run_state(run: Path, student: torch.nn.Module) -> SavedRun | None:
         raise ValueError(f"'{folder}': unreadable training state ({error})") from error
     missing, unexpected = load_model(student, str(folder / STUDENT), strict=False)
     if missing or unexpected:
-        raise ValueError(f"'{folder / STUDENT}' does not fit this run's student (missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]}): was the config changed?")
-    return SavedRun(position, state["optimizer"], state["scheduler"], state["rng"], state["objective_rng"],
-                    state["pass_rng"])
+        raise ValueError(
+            f"'{folder / STUDENT}' does not fit this run's student (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}): was the config changed?"
+        )
+    return SavedRun(
+        position, state["optimizer"], state["scheduler"], state["rng"], state["objective_rng"], state["pass_rng"]
+    )
 
 
 def remove_run_state(run: Path) -> None:

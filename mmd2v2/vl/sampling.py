@@ -37,8 +37,9 @@ def sample_vcr(examples: list[VLExample], per_category: int, seed: int) -> list[
     return [e for e in examples if e.record_id in chosen]
 
 
-def sample_per_image(examples: list[VLExample], groups: list[str], per_group: int, per_image: int,
-                     rng: random.Random) -> list[VLExample]:
+def sample_per_image(
+    examples: list[VLExample], groups: list[str], per_group: int, per_image: int, rng: random.Random
+) -> list[VLExample]:
     """Up to `per_image` examples of a group from each of `per_group` images drawn per group (an image once)."""
     by_group_image: dict[str, dict[str, list[VLExample]]] = defaultdict(lambda: defaultdict(list))
     for example in examples:
@@ -66,8 +67,14 @@ def sample_vqa(examples: list[VLExample], per_type: int, seed: int, per_image: i
     return sample_per_image(examples, types, per_type, per_image, random.Random(seed))
 
 
-def low_shot_subset(task: str, examples: list[VLExample], shots: int, seed: int, questions_per_image: int = 2,
-                    hypotheses_per_image: int = 5) -> list[VLExample]:
+def low_shot_subset(
+    task: str,
+    examples: list[VLExample],
+    shots: int,
+    seed: int,
+    questions_per_image: int = 2,
+    hypotheses_per_image: int = 5,
+) -> list[VLExample]:
     """The task's low-shot subset of `examples` with `shots` per category / class / question type."""
     if shots < 1:
         raise ValueError(f"protocol.shots: got {shots}, expected >= 1")

@@ -18,8 +18,8 @@ from transformers import PreTrainedTokenizerBase
 from mmd2v2.config import Config, DataConfig
 from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
 from mmd2v2.data.tokenization import extend_word_tokenizer, prepare_tokenizer, unknown_words
-from mmd2v2.models.mmd2v2 import MMD2V2
-from mmd2v2.models.pretrained import load_pretrained
+from mmd2v2.models.dual_encoder import DualEncoder
+from mmd2v2.models.exported import load_export
 from mmd2v2.vl.config import StudentConfig
 
 IMAGE, TEXT = 0, 1  # rows of MM-D2V2's modality embedding
@@ -61,24 +61,37 @@ def _projection(width: int, out: int) -> nn.Sequential:
 class VLStudent(nn.Module):
     """MM-D2V2 backbone + task head, plus the heads that distillation and adaptive finetuning train."""
 
-    def __init__(self, backbone: MMD2V2, num_outputs: int, head_hidden_ratio: float, vision_dim: int | None = None,
-                 text_dim: int | None = None, vocab_size: int | None = None) -> None:
+    def __init__(
+        self,
+        backbone: DualEncoder,
+        num_outputs: int,
+        head_hidden_ratio: float,
+        vision_dim: int | None = None,
+        text_dim: int | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         width = backbone.shared.norm.normalized_shape[0]
         hidden = max(1, int(width * head_hidden_ratio))
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, num_outputs))
+        self.head = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, num_outputs)
+        )
         self.vision_head = _projection(width, vision_dim) if vision_dim else None
         self.text_head = _projection(width, text_dim) if text_dim else None
         self.mlm_head = _projection(width, vocab_size) if vocab_size else None
         self.itm_head = nn.Linear(width, 2) if vocab_size else None
 
-    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, image_index: Tensor) -> JointOutput:
+    def forward(
+        self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, image_index: Tensor
+    ) -> JointOutput:
         """Encode B images once and N texts; text row i attends jointly with image `image_index[i]`."""
         backbone = self.backbone
         image = backbone.add_modality(backbone.image_in(backbone.image_encoder(pixel_values)), IMAGE)[image_index]
         text = backbone.add_modality(backbone.text_in(backbone.text_encoder(input_ids, attention_mask)), TEXT)
-        padding = torch.cat([attention_mask == 0, torch.zeros(image.shape[:2], dtype=torch.bool, device=image.device)], 1)
+        padding = torch.cat(
+            [attention_mask == 0, torch.zeros(image.shape[:2], dtype=torch.bool, device=image.device)], 1
+        )
         return JointOutput(backbone.shared(torch.cat([text, image.to(text.dtype)], 1), padding), input_ids.shape[1])
 
     def logits(self, output: JointOutput) -> Tensor:
@@ -90,7 +103,7 @@ class VLStudent(nn.Module):
 class StudentParts:
     """A freshly built student backbone with what it needs around it."""
 
-    backbone: MMD2V2
+    backbone: DualEncoder
     tokenizer: PreTrainedTokenizerBase
     preprocess: ImagePreprocessor
     config: Config  # the backbone's mmd2v2 config (saved with the finetuned backbone)
@@ -99,7 +112,7 @@ class StudentParts:
 def build_backbone(cfg: StudentConfig, texts: list[str]) -> StudentParts:
     """Load the backbone from an mmd2v2 export (`init_from`), or build it randomly initialised from `cfg.model`."""
     if cfg.init_from is not None:
-        bundle = load_pretrained(export_folder(cfg.init_from))
+        bundle = load_export(export_folder(cfg.init_from))
         tokenizer, new_words = bundle.tokenizer, unknown_words(bundle.tokenizer, texts)
         if new_words:  # a word-level (demo) vocabulary learns the task's words, e.g. the questions' "what", "how"
             tokenizer = extend_word_tokenizer(tokenizer, new_words)
@@ -109,4 +122,4 @@ def build_backbone(cfg: StudentConfig, texts: list[str]) -> StudentParts:
     config = Config(model=cfg.model, data=DataConfig(tokenizer=cfg.tokenizer, image_size=cfg.image_size))
     tokenizer, config = prepare_tokenizer(config, texts)
     config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, enabled=False))
-    return StudentParts(MMD2V2(config.model), tokenizer, resolve_image_preprocessing(config), config)
+    return StudentParts(DualEncoder(config.model), tokenizer, resolve_image_preprocessing(config), config)

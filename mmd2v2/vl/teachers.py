@@ -16,17 +16,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from mmd2v2.config import ConfigError, EncoderConfig, TeacherConfig
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
-from mmd2v2.models.pretrained import PretrainedMMD2V2, load_pretrained
+from mmd2v2.models.exported import ExportedModel, load_export
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.models.unimodal import load_hf_model
-from mmd2v2.vl.config import TeacherSpec, TeachersConfig, gives_logits, logits_teacher
+from mmd2v2.vl.config import TeachersConfig, TeacherSpec, gives_logits, logits_teacher
 from mmd2v2.vl.student import TEXT, export_folder
 from mmd2v2.vl.words import pool_words, tokenize_with_words
 
@@ -56,8 +55,12 @@ class FrozenDualEncoder(nn.Module):
         super().__init__()
         self.preprocess = own
         source = student_preprocess or own
-        for name, values in (("in_mean", source.mean_values), ("in_std", source.std_values),
-                             ("own_mean", own.mean_values), ("own_std", own.std_values)):
+        for name, values in (
+            ("in_mean", source.mean_values),
+            ("in_std", source.std_values),
+            ("own_mean", own.mean_values),
+            ("own_std", own.std_values),
+        ):
             self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> FrozenDualEncoder:
@@ -100,7 +103,7 @@ class FrozenDualEncoder(nn.Module):
 class DualEncoderTeacher(FrozenDualEncoder):
     """An mmd2v2 export as teacher: image embeddings, text token embeddings, image-text similarities."""
 
-    def __init__(self, bundle: PretrainedMMD2V2, student_preprocess: ImagePreprocessor | None, max_length: int) -> None:
+    def __init__(self, bundle: ExportedModel, student_preprocess: ImagePreprocessor | None, max_length: int) -> None:
         super().__init__(student_preprocess, bundle.preprocess)
         self.model = _frozen(bundle.model)
         self.tokenizer, self.max_length = bundle.tokenizer, max_length
@@ -145,13 +148,17 @@ class CLIPTeacher(FrozenDualEncoder):
     """A transformers CLIPModel as teacher: CLIP-V (projected image embedding), CLIP-T (projected eos state and
     projected per-word token states, with CLIP's tokenizer) and zero-shot logits."""
 
-    def __init__(self, spec: TeacherSpec, key: str, student_preprocess: ImagePreprocessor | None, max_length: int) -> None:
+    def __init__(
+        self, spec: TeacherSpec, key: str, student_preprocess: ImagePreprocessor | None, max_length: int
+    ) -> None:
         if spec.pretrained is not None:
             try:
                 model = CLIPModel.from_pretrained(spec.pretrained)
             except (OSError, ValueError) as error:
-                raise ConfigError(f"config key '{key}.pretrained': cannot load a CLIP model from "
-                                  f"'{spec.pretrained}' ({str(error).splitlines()[0]})") from None
+                raise ConfigError(
+                    f"config key '{key}.pretrained': cannot load a CLIP model from "
+                    f"'{spec.pretrained}' ({str(error).splitlines()[0]})"
+                ) from None
         elif spec.config:
             model = CLIPModel(CLIPConfig(**spec.config))
         else:
@@ -160,7 +167,9 @@ class CLIPTeacher(FrozenDualEncoder):
         self.model = _frozen(model)
         source = spec.tokenizer or spec.pretrained
         if source is None:
-            raise ConfigError(f"config key '{key}.tokenizer': a randomly initialised CLIP teacher needs a tokenizer folder")
+            raise ConfigError(
+                f"config key '{key}.tokenizer': a randomly initialised CLIP teacher needs a tokenizer folder"
+            )
         self.tokenizer = load_tokenizer(source)
         self.max_length = min(max_length, int(model.config.text_config.max_position_embeddings))
 
@@ -180,8 +189,9 @@ class CLIPTeacher(FrozenDualEncoder):
         """CLIP-T: the projected eos state, and the mean projected state of each word's tokens."""
         tokens = tokenize_with_words(self.tokenizer, texts, self.max_length)
         device = next(self.model.parameters()).device
-        output = self.model.text_model(input_ids=tokens.input_ids.to(device),
-                                       attention_mask=tokens.attention_mask.to(device))
+        output = self.model.text_model(
+            input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
+        )
         projected = self.model.text_projection(output.last_hidden_state).float()
         words, word_mask = pool_words(projected, tokens.word_index, num_words)
         return TextFeatures(self.model.text_projection(output.pooler_output).float(), words, word_mask)
@@ -192,8 +202,11 @@ class HFImageTeacher(nn.Module):
 
     def __init__(self, spec: TeacherSpec) -> None:
         super().__init__()
-        self.teacher = ImageTeacher(TeacherConfig(enabled=True, family=spec.family, pretrained=spec.pretrained,
-                                                  config=spec.config, target=spec.target))
+        self.teacher = ImageTeacher(
+            TeacherConfig(
+                enabled=True, family=spec.family, pretrained=spec.pretrained, config=spec.config, target=spec.target
+            )
+        )
 
     @property
     def dim(self) -> int:
@@ -213,9 +226,16 @@ class HFTextTeacher(nn.Module):
         super().__init__()
         source = spec.tokenizer or spec.pretrained
         if source is None:
-            raise ValueError("teachers.text.tokenizer: an hf text teacher without pretrained weights needs a tokenizer folder")
-        self.model = _frozen(load_hf_model(EncoderConfig(family=spec.family, pretrained=spec.pretrained,
-                                                         config=spec.config), "text", "teachers.text"))
+            raise ValueError(
+                "teachers.text.tokenizer: an hf text teacher without pretrained weights needs a tokenizer folder"
+            )
+        self.model = _frozen(
+            load_hf_model(
+                EncoderConfig(family=spec.family, pretrained=spec.pretrained, config=spec.config),
+                "text",
+                "teachers.text",
+            )
+        )
         self.tokenizer, self.max_length = load_tokenizer(source), max_length
 
     @property
@@ -232,8 +252,9 @@ class HFTextTeacher(nn.Module):
         """The CLS hidden state and mean hidden state of each word's tokens."""
         tokens = tokenize_with_words(self.tokenizer, texts, self.max_length)
         device = next(self.model.parameters()).device
-        hidden = self.model(input_ids=tokens.input_ids.to(device),
-                            attention_mask=tokens.attention_mask.to(device)).last_hidden_state.float()
+        hidden = self.model(
+            input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
+        ).last_hidden_state.float()
         words, word_mask = pool_words(hidden, tokens.word_index, num_words)
         return TextFeatures(hidden[:, 0], words, word_mask)
 
@@ -263,23 +284,35 @@ class DualEncoders:
         else:
             name = f"clip:{spec.pretrained}:{spec.tokenizer}:{sorted(spec.config.items())}"
         if name not in self.loaded:
-            self.loaded[name] = (CLIPTeacher(spec, key, self.preprocess, self.max_length) if spec.kind == "hf" else
-                                 DualEncoderTeacher(load_pretrained(str(export_folder(str(spec.pretrained)))),
-                                                    self.preprocess, self.max_length))
+            self.loaded[name] = (
+                CLIPTeacher(spec, key, self.preprocess, self.max_length)
+                if spec.kind == "hf"
+                else DualEncoderTeacher(
+                    load_export(str(export_folder(str(spec.pretrained)))), self.preprocess, self.max_length
+                )
+            )
         return self.loaded[name]
 
 
-def build_teachers(cfg: TeachersConfig, preprocess: ImagePreprocessor, max_length: int, need_vision: bool,
-                   need_text: bool, need_logits: bool) -> Teachers:
+def build_teachers(
+    cfg: TeachersConfig,
+    preprocess: ImagePreprocessor,
+    max_length: int,
+    need_vision: bool,
+    need_text: bool,
+    need_logits: bool,
+) -> Teachers:
     """Load the teachers that distillation and confidence weighting need (a model in several roles is loaded once)."""
     duals = DualEncoders(preprocess, max_length)
     vision_teacher: FrozenDualEncoder | HFImageTeacher | None = None
     text_teacher: FrozenDualEncoder | HFTextTeacher | None = None
     if need_vision:
-        vision_teacher = (duals.get(cfg.vision, "teachers.vision") if gives_logits(cfg.vision)
-                          else HFImageTeacher(cfg.vision))
+        vision_teacher = (
+            duals.get(cfg.vision, "teachers.vision") if gives_logits(cfg.vision) else HFImageTeacher(cfg.vision)
+        )
     if need_text:
-        text_teacher = (duals.get(cfg.text, "teachers.text") if gives_logits(cfg.text)
-                        else HFTextTeacher(cfg.text, max_length))
+        text_teacher = (
+            duals.get(cfg.text, "teachers.text") if gives_logits(cfg.text) else HFTextTeacher(cfg.text, max_length)
+        )
     source = logits_teacher(cfg) if need_logits else None
     return Teachers(vision_teacher, text_teacher, duals.get(source[1], source[0]) if source is not None else None)

@@ -52,14 +52,26 @@ def autocast(device: str, precision: str) -> torch.autocast:
 
 
 @torch.no_grad()
-def predict(student: VLStudent, examples: list[VLExample], preprocess: ImagePreprocessor, collator: BatchCollator,
-            batch_size: int, device: str, progress: bool = False, workers: int = 0,
-            precision: str = "fp32") -> tuple[list[VLExample], Tensor, int]:
+def predict(
+    student: VLStudent,
+    examples: list[VLExample],
+    preprocess: ImagePreprocessor,
+    collator: BatchCollator,
+    batch_size: int,
+    device: str,
+    progress: bool = False,
+    workers: int = 0,
+    precision: str = "fp32",
+) -> tuple[list[VLExample], Tensor, int]:
     """Logits of every example whose image decodes (VCR: (B, 4) choice scores); also the count left out."""
     student.eval()
     kept, logits, skipped = [], [], 0
-    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
-                      desc="evaluate", unit="batch", disable=not progress):
+    for batch in tqdm(
+        example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
+        desc="evaluate",
+        unit="batch",
+        disable=not progress,
+    ):
         skipped += batch.skipped
         if not batch.examples:
             continue
@@ -74,12 +86,22 @@ def predict(student: VLStudent, examples: list[VLExample], preprocess: ImagePrep
     return kept, torch.cat(logits), skipped
 
 
-def evaluate_examples(student: VLStudent, task: TaskData, examples: list[VLExample], preprocess: ImagePreprocessor,
-                      collator: BatchCollator, batch_size: int, device: str, progress: bool,
-                      workers: int = 0, precision: str = "fp32") -> dict[str, float]:
+def evaluate_examples(
+    student: VLStudent,
+    task: TaskData,
+    examples: list[VLExample],
+    preprocess: ImagePreprocessor,
+    collator: BatchCollator,
+    batch_size: int,
+    device: str,
+    progress: bool,
+    workers: int = 0,
+    precision: str = "fp32",
+) -> dict[str, float]:
     """The task's metrics on `examples`, plus how many were left out for undecodable images."""
-    kept, logits, skipped = predict(student, examples, preprocess, collator, batch_size, device, progress, workers,
-                                    precision)
+    kept, logits, skipped = predict(
+        student, examples, preprocess, collator, batch_size, device, progress, workers, precision
+    )
     return {**task_metrics(task.name, kept, logits, task.classes), "skipped_images": float(skipped)}
 
 
@@ -87,26 +109,53 @@ class StageRunner:
     """Runs training stages with AdamW + warm-up/cosine, logging to train_log.jsonl and TensorBoard, and saving the
     training state to RUN/resume/ every `trainer.checkpoint_every` steps."""
 
-    def __init__(self, cfg: VLConfig, student: VLStudent, preprocess: ImagePreprocessor, collator: BatchCollator,
-                 output_dir: Path | None, objective_rng: torch.Generator) -> None:
+    def __init__(
+        self,
+        cfg: VLConfig,
+        student: VLStudent,
+        preprocess: ImagePreprocessor,
+        collator: BatchCollator,
+        output_dir: Path | None,
+        objective_rng: torch.Generator,
+    ) -> None:
         self.cfg, self.student, self.preprocess, self.collator = cfg, student, preprocess, collator
         self.output_dir, self.objective_rng = output_dir, objective_rng
         self.writer = SummaryWriter(str(output_dir / "tb")) if output_dir is not None else None
         self.global_step, self.skipped = 0, 0
 
-    def run(self, name: str, step_fn: Step, examples: list[VLExample], epochs: float, max_steps: int | None,
-            seed: int, saved: SavedRun | None = None) -> None:
+    def run(
+        self,
+        name: str,
+        step_fn: Step,
+        examples: list[VLExample],
+        epochs: float,
+        max_steps: int | None,
+        seed: int,
+        saved: SavedRun | None = None,
+    ) -> None:
         """Train for `epochs` (or `max_steps`) over `examples` with `step_fn`'s loss (`seed` shuffles); from `saved`
         (a state of this stage), go on where it stopped."""
         cfg = self.cfg.trainer
         per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
         total = max_steps or max(1, math.ceil(epochs * per_epoch))
-        optimizer = torch.optim.AdamW(parameter_groups(self.student, self.cfg.optim.weight_decay), lr=self.cfg.optim.lr,
-                                      betas=tuple(self.cfg.optim.betas), eps=self.cfg.optim.eps)
+        optimizer = torch.optim.AdamW(
+            parameter_groups(self.student, self.cfg.optim.weight_decay),
+            lr=self.cfg.optim.lr,
+            betas=tuple(self.cfg.optim.betas),
+            eps=self.cfg.optim.eps,
+        )
         schedule = WarmupCosine(total, round(self.cfg.optim.warmup_fraction * total), self.cfg.optim.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        loader = example_loader(examples, self.preprocess, self.collator, cfg.batch_size, True, seed,
-                                self.cfg.task.cache_images, cfg.num_workers)
+        loader = example_loader(
+            examples,
+            self.preprocess,
+            self.collator,
+            cfg.batch_size,
+            True,
+            seed,
+            self.cfg.task.cache_images,
+            cfg.num_workers,
+        )
         generator = loader.generator
         assert generator is not None and isinstance(loader.batch_sampler, SkippableBatches)
         window, step, batches = MetricWindow(), 0, 0
@@ -139,21 +188,36 @@ class StageRunner:
                 if step % cfg.log_every == 0 or step == total:
                     self._log(name, window.means(), scheduler.get_last_lr()[0])
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
-                    self._save(Position(name, step, self.global_step, batches, self.skipped), optimizer, scheduler,
-                               pass_rng)
+                    self._save(
+                        Position(name, step, self.global_step, batches, self.skipped), optimizer, scheduler, pass_rng
+                    )
                 if step >= total:
                     break
             if step == pass_start and not resumed_pass:
-                raise ValueError(f"{name}: no batch with two or more decodable examples (check the images and "
-                                 "trainer.batch_size)")
+                raise ValueError(
+                    f"{name}: no batch with two or more decodable examples (check the images and trainer.batch_size)"
+                )
             batches = 0
         bar.close()
 
-    def _save(self, position: Position, optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler, pass_rng: Tensor) -> None:
+    def _save(
+        self,
+        position: Position,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        pass_rng: Tensor,
+    ) -> None:
         if self.output_dir is not None:
-            save_run_state(self.output_dir, self.student, position, optimizer, scheduler, rng_state(),
-                           self.objective_rng.get_state(), pass_rng)
+            save_run_state(
+                self.output_dir,
+                self.student,
+                position,
+                optimizer,
+                scheduler,
+                rng_state(),
+                self.objective_rng.get_state(),
+                pass_rng,
+            )
 
     def _log(self, stage: str, means: dict[str, float], lr: float) -> None:
         if self.output_dir is None or self.writer is None:
@@ -171,8 +235,13 @@ class StageRunner:
             self.writer.close()
 
 
-def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None = None,
-             train_examples: list[VLExample] | None = None, resume: bool = False) -> dict[str, Any]:
+def train_vl(
+    cfg: VLConfig,
+    output_dir: str | Path | None,
+    task: TaskData | None = None,
+    train_examples: list[VLExample] | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Train and evaluate one run; with `output_dir`, write the run folder. Returns the metrics. With `resume`, a run
     that saved its training state in `output_dir` (and has the same settings) goes on from there."""
     started = time.perf_counter()
@@ -184,11 +253,17 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
     parts = build_backbone(cfg.student, [t for e in task.train.examples for t in e.texts])
     distill, adaptive = cfg.distill, cfg.adaptive
     need_vision, need_text = needed_teachers(distill)
-    teachers = build_teachers(cfg.teachers, parts.preprocess, cfg.task.max_text_length, need_vision, need_text,
-                              distill.confidence_weighting)
-    student = VLStudent(parts.backbone, task.num_outputs, cfg.student.head_hidden_ratio,
-                        teachers.vision.dim if teachers.vision else None, teachers.text.dim if teachers.text else None,
-                        len(parts.tokenizer) if adaptive.enabled else None).to(cfg.trainer.device)
+    teachers = build_teachers(
+        cfg.teachers, parts.preprocess, cfg.task.max_text_length, need_vision, need_text, distill.confidence_weighting
+    )
+    student = VLStudent(
+        parts.backbone,
+        task.num_outputs,
+        cfg.student.head_hidden_ratio,
+        teachers.vision.dim if teachers.vision else None,
+        teachers.text.dim if teachers.text else None,
+        len(parts.tokenizer) if adaptive.enabled else None,
+    ).to(cfg.trainer.device)
     for teacher in {id(t): t for t in (teachers.vision, teachers.text, teachers.dual) if t is not None}.values():
         teacher.to(cfg.trainer.device)
     if isinstance(teachers.vision, HFImageTeacher) and uses_bf16(cfg.trainer.device, cfg.trainer.precision):
@@ -198,10 +273,20 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
     if teachers.dual is not None:
         scorer = ZeroShotScorer(teachers.dual, task, cfg.teachers.zero_shot_logit_scale, cfg.teachers.zero_shot_prompt)
         if task.name == "snli_ve":
-            scorer.fit_anchors(collect_similarities(scorer, task.train.examples, parts.preprocess, collator,
-                                                    cfg.trainer.eval_batch_size, False, cfg.trainer.num_workers))
-    objective = VLObjective(distill, adaptive, task, student, teachers, scorer, parts.tokenizer, cfg.task.max_text_length,
-                            cfg.trainer.seed)
+            scorer.fit_anchors(
+                collect_similarities(
+                    scorer,
+                    task.train.examples,
+                    parts.preprocess,
+                    collator,
+                    cfg.trainer.eval_batch_size,
+                    False,
+                    cfg.trainer.num_workers,
+                )
+            )
+    objective = VLObjective(
+        distill, adaptive, task, student, teachers, scorer, parts.tokenizer, cfg.task.max_text_length, cfg.trainer.seed
+    )
     out = Path(output_dir) if output_dir is not None else None
     saved = _resumed_state(out, cfg, student) if resume and out is not None else None
     if out is not None:
@@ -217,21 +302,59 @@ def train_vl(cfg: VLConfig, output_dir: str | Path | None, task: TaskData | None
         runner.global_step, runner.skipped = saved.position.global_step, saved.position.skipped
     stage = saved.position.stage if saved is not None else None
     if adaptive.enabled and stage != "task":
-        runner.run("adapt", objective.adapt_step, task.train.examples if adaptive.full_data else examples,
-                   adaptive.epochs, None, cfg.trainer.seed + 1, saved if stage == "adapt" else None)
-    runner.run("task", objective.task_step, examples, cfg.trainer.epochs, cfg.trainer.max_steps, cfg.trainer.seed,
-               saved if stage == "task" else None)
+        runner.run(
+            "adapt",
+            objective.adapt_step,
+            task.train.examples if adaptive.full_data else examples,
+            adaptive.epochs,
+            None,
+            cfg.trainer.seed + 1,
+            saved if stage == "adapt" else None,
+        )
+    runner.run(
+        "task",
+        objective.task_step,
+        examples,
+        cfg.trainer.epochs,
+        cfg.trainer.max_steps,
+        cfg.trainer.seed,
+        saved if stage == "task" else None,
+    )
     runner.close()
-    metrics = evaluate_examples(student, task, task.val.examples, parts.preprocess, collator,
-                                cfg.trainer.eval_batch_size, cfg.trainer.device, cfg.trainer.progress_bar,
-                                cfg.trainer.num_workers, cfg.trainer.precision)
-    metrics.update({"main_metric": MAIN_METRIC[task.name], "train_examples": len(examples),
-                    "skipped_train_images": runner.skipped, "skipped_train_records": task.train.skipped,
-                    "skipped_val_records": task.val.skipped, "seconds": round(time.perf_counter() - started, 1)})
+    metrics = evaluate_examples(
+        student,
+        task,
+        task.val.examples,
+        parts.preprocess,
+        collator,
+        cfg.trainer.eval_batch_size,
+        cfg.trainer.device,
+        cfg.trainer.progress_bar,
+        cfg.trainer.num_workers,
+        cfg.trainer.precision,
+    )
+    metrics.update(
+        {
+            "main_metric": MAIN_METRIC[task.name],
+            "train_examples": len(examples),
+            "skipped_train_images": runner.skipped,
+            "skipped_train_records": task.train.skipped,
+            "skipped_val_records": task.val.skipped,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     if out is not None:
-        save_vl_model(student.cpu(), parts, out / "model", {"name": task.name, "classes": task.classes,
-                                                            "head_hidden_ratio": cfg.student.head_hidden_ratio,
-                                                            "max_text_length": cfg.task.max_text_length})
+        save_vl_model(
+            student.cpu(),
+            parts,
+            out / "model",
+            {
+                "name": task.name,
+                "classes": task.classes,
+                "head_hidden_ratio": cfg.student.head_hidden_ratio,
+                "max_text_length": cfg.task.max_text_length,
+            },
+        )
         write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         remove_run_state(out)
     return metrics
@@ -243,10 +366,15 @@ def _resumed_state(out: Path, cfg: VLConfig, student: VLStudent) -> SavedRun | N
         print(f"no saved training state in '{out}': starting from step 0", flush=True)
         return None
     if not same_run_settings(out / "config.yaml", cfg):
-        raise ValueError(f"--resume: '{out / 'config.yaml'}' trains something else than these settings (compare with "
-                         "--dump-config); resume with the same config, or use a new --output-dir")
+        raise ValueError(
+            f"--resume: '{out / 'config.yaml'}' trains something else than these settings (compare with "
+            "--dump-config); resume with the same config, or use a new --output-dir"
+        )
     saved = load_run_state(out, student)
     if saved is not None:
-        print(f"resuming stage '{saved.position.stage}' at step {saved.position.step} "
-              f"(step {saved.position.global_step} of the run)", flush=True)
+        print(
+            f"resuming stage '{saved.position.stage}' at step {saved.position.step} "
+            f"(step {saved.position.global_step} of the run)",
+            flush=True,
+        )
     return saved

@@ -28,8 +28,9 @@ def tokenize_with_words(tokenizer: PreTrainedTokenizerBase, texts: list[str], ma
     """Tokenise `texts` (padded, truncated) and map each token to its whitespace word through character offsets."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"token selection needs a fast tokenizer (with offsets); got {type(tokenizer).__name__}")
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
-                        return_offsets_mapping=True)
+    encoded = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt", return_offsets_mapping=True
+    )
     lengths = tokenizer(texts, truncation=False, return_length=True, return_attention_mask=False)["length"]
     starts, ends = encoded["offset_mapping"][..., 0].numpy(), encoded["offset_mapping"][..., 1].numpy()
     tokens = (ends > starts) & encoded["attention_mask"].bool().numpy()  # special tokens and padding have no span
@@ -43,8 +44,9 @@ def tokenize_with_words(tokenizer: PreTrainedTokenizerBase, texts: list[str], ma
         inside[inside] &= spans[word[inside], 0] <= starts[row][inside]
         word_index[row, inside] = word[inside]
     truncated = sum(length > max_length for length in lengths)
-    return TokenizedTexts(encoded["input_ids"], encoded["attention_mask"], torch.from_numpy(word_index),
-                          max(1, num_words), truncated)
+    return TokenizedTexts(
+        encoded["input_ids"], encoded["attention_mask"], torch.from_numpy(word_index), max(1, num_words), truncated
+    )
 
 
 def pool_words(token_features: Tensor, word_index: Tensor, num_words: int) -> tuple[Tensor, Tensor]:

@@ -28,8 +28,9 @@ def kmeans_1d(values: Tensor, k: int = 3, iterations: int = 100) -> Tensor:
     centres = torch.quantile(values, torch.linspace(0.5 / k, 1 - 0.5 / k, k, dtype=torch.double))
     for _ in range(iterations):
         assignment = (values[:, None] - centres[None]).abs().argmin(-1)
-        updated = torch.stack([values[assignment == c].mean() if bool((assignment == c).any()) else centres[c]
-                               for c in range(k)])
+        updated = torch.stack(
+            [values[assignment == c].mean() if bool((assignment == c).any()) else centres[c] for c in range(k)]
+        )
         if torch.allclose(updated, centres):
             break
         centres = updated
@@ -83,25 +84,45 @@ class ZeroShotScorer:
         return entailment_logits(similarity, self.anchors, self.scale)
 
 
-def collect_similarities(scorer: ZeroShotScorer, examples: list[VLExample], preprocess: ImagePreprocessor,
-                         collator: BatchCollator, batch_size: int, progress: bool, workers: int = 0) -> Tensor:
+def collect_similarities(
+    scorer: ZeroShotScorer,
+    examples: list[VLExample],
+    preprocess: ImagePreprocessor,
+    collator: BatchCollator,
+    batch_size: int,
+    progress: bool,
+    workers: int = 0,
+) -> Tensor:
     """Image-text cosine of every text of `examples`, in order."""
     out = []
-    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
-                      desc="similarities", disable=not progress):
+    for batch in tqdm(
+        example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
+        desc="similarities",
+        disable=not progress,
+    ):
         if batch.examples:
             out.append(scorer.similarities(batch).cpu())
     return torch.cat(out)
 
 
-def zero_shot_evaluate(scorer: ZeroShotScorer, examples: list[VLExample], preprocess: ImagePreprocessor,
-                       collator: BatchCollator, batch_size: int, progress: bool, workers: int = 0) -> dict[str, float]:
+def zero_shot_evaluate(
+    scorer: ZeroShotScorer,
+    examples: list[VLExample],
+    preprocess: ImagePreprocessor,
+    collator: BatchCollator,
+    batch_size: int,
+    progress: bool,
+    workers: int = 0,
+) -> dict[str, float]:
     """The zero-shot protocol on `examples` (SNLI-VE fits its k-means anchors on them first)."""
     if scorer.task.name == "snli_ve":
         scorer.fit_anchors(collect_similarities(scorer, examples, preprocess, collator, batch_size, progress, workers))
     kept, logits = [], []
-    for batch in tqdm(example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
-                      desc="zero-shot", disable=not progress):
+    for batch in tqdm(
+        example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
+        desc="zero-shot",
+        disable=not progress,
+    ):
         if batch.examples:
             kept.extend(batch.examples)
             logits.append(scorer.logits(batch).cpu())

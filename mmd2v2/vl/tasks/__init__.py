@@ -82,8 +82,12 @@ def task_metrics(task: str, examples: list[VLExample], logits: Tensor, classes: 
     q2a = [c["q2a"] for c in correct.values() if "q2a" in c]
     qa2r = [c["qa2r"] for c in correct.values() if "qa2r" in c]
     both = [c["q2a"] and c["qa2r"] for c in correct.values() if len(c) == 2]
-    return {"q2a": 100.0 * sum(q2a) / max(1, len(q2a)), "qa2r": 100.0 * sum(qa2r) / max(1, len(qa2r)),
-            "q2ar": 100.0 * sum(both) / max(1, len(both)), "num_questions": float(len(correct))}
+    return {
+        "q2a": 100.0 * sum(q2a) / max(1, len(q2a)),
+        "qa2r": 100.0 * sum(qa2r) / max(1, len(qa2r)),
+        "q2ar": 100.0 * sum(both) / max(1, len(both)),
+        "num_questions": float(len(correct)),
+    }
 
 
 MAIN_METRIC = {"vqa": "vqa_accuracy", "snli_ve": "accuracy", "vcr": "q2a"}

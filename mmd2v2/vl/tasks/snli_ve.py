@@ -25,8 +25,15 @@ def load_snli_ve_split(cfg: TaskConfig, files: SplitFiles) -> LoadedSplit:
         if gold not in LABELS:
             bad.report(files.records, where, f"gold_label {gold!r} is not one of {', '.join(LABELS)}", "unlabelled")
             continue
-        examples.append(VLExample(
-            key=f"pairID {record.get('pairID', line)}", record_id=str(record.get("pairID", line)), image_id=str(image_id),
-            image=folder / pattern.format(image_id=image_id), texts=(hypothesis.strip(),), label=LABELS.index(gold),
-            group=str(gold)))
+        examples.append(
+            VLExample(
+                key=f"pairID {record.get('pairID', line)}",
+                record_id=str(record.get("pairID", line)),
+                image_id=str(image_id),
+                image=folder / pattern.format(image_id=image_id),
+                texts=(hypothesis.strip(),),
+                label=LABELS.index(gold),
+                group=str(gold),
+            )
+        )
     return LoadedSplit(examples, bad.summary())

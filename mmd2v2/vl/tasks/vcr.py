@@ -81,8 +81,12 @@ def load_vcr_split(cfg: TaskConfig, files: SplitFiles) -> LoadedSplit:
         where = f"line {line} (annot_id {annot})"
         objects, image = record.get("objects"), record.get("img_fn")
         answer, rationale = record.get("answer_label"), record.get("rationale_label")
-        if not (isinstance(objects, list) and all(isinstance(o, str) for o in objects) and isinstance(image, str)
-                and isinstance(record.get("question"), list)):
+        if not (
+            isinstance(objects, list)
+            and all(isinstance(o, str) for o in objects)
+            and isinstance(image, str)
+            and isinstance(record.get("question"), list)
+        ):
             bad.report(files.records, where, "expected objects (list of names), img_fn and question (token list)")
             continue
         if not (isinstance(answer, int) and isinstance(rationale, int) and 0 <= answer < 4 and 0 <= rationale < 4):
@@ -97,9 +101,24 @@ def load_vcr_split(cfg: TaskConfig, files: SplitFiles) -> LoadedSplit:
             continue
         path = folder / (cfg.image_pattern.format(image_id=image) if cfg.image_pattern else image)
         common = {"record_id": annot, "image_id": image, "image": path, "group": question_category(question)}
-        examples.append(VLExample(key=f"annot_id {annot} q2a", texts=tuple(f"{question} {a}" for a in answers),
-                                  label=answer, mode="q2a", prompts=tuple(answers), **common))
-        examples.append(VLExample(key=f"annot_id {annot} qa2r",
-                                  texts=tuple(f"{question} {answers[answer]} {r}" for r in rationales),
-                                  label=rationale, mode="qa2r", prompts=tuple(rationales), **common))
+        examples.append(
+            VLExample(
+                key=f"annot_id {annot} q2a",
+                texts=tuple(f"{question} {a}" for a in answers),
+                label=answer,
+                mode="q2a",
+                prompts=tuple(answers),
+                **common,
+            )
+        )
+        examples.append(
+            VLExample(
+                key=f"annot_id {annot} qa2r",
+                texts=tuple(f"{question} {answers[answer]} {r}" for r in rationales),
+                label=rationale,
+                mode="qa2r",
+                prompts=tuple(rationales),
+                **common,
+            )
+        )
     return LoadedSplit(examples, bad.summary())

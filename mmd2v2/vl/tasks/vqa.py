@@ -15,8 +15,20 @@ from mmd2v2.vl.config import SplitFiles, TaskConfig
 from mmd2v2.vl.tasks.base import IGNORE_LABEL, BadRecords, LoadedSplit, VLExample, image_folder, read_json
 
 DEFAULT_IMAGE_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-                "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = {"a", "an", "the"}
 PUNCTUATION = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:']")
 PERIOD = re.compile(r"(?<!\d)\.(?!\d)")  # a full stop that is not a decimal point
@@ -78,8 +90,11 @@ def _read_annotations(files: SplitFiles, bad: BadRecords) -> dict[int, dict[str,
     by_question: dict[int, dict[str, Any]] = {}
     for index, item in enumerate(annotations):
         answers = item.get("answers") if isinstance(item, dict) else None
-        if (not isinstance(answers, list) or not isinstance(item.get("question_id"), int)
-                or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers)):
+        if (
+            not isinstance(answers, list)
+            or not isinstance(item.get("question_id"), int)
+            or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers)
+        ):
             bad.report(files.annotations, f"annotation {index}", "expected question_id and an answers list of {answer}")
             continue
         by_question[item["question_id"]] = item
@@ -97,8 +112,9 @@ def build_answer_vocabulary(files: SplitFiles, min_count: int, max_answers: int)
         counts[normalize_answer(answer)] += 1
     vocabulary = [a for a, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count and a]
     if not vocabulary:
-        raise ValueError(f"{files.annotations}: no answer is given to {min_count} or more questions "
-                         "(lower task.min_answer_count)")
+        raise ValueError(
+            f"{files.annotations}: no answer is given to {min_count} or more questions (lower task.min_answer_count)"
+        )
     return vocabulary[:max_answers]
 
 
@@ -117,9 +133,15 @@ def load_vqa_split(cfg: TaskConfig, files: SplitFiles, vocabulary: list[str]) ->
     folder, pattern = image_folder(files.records, files.image_root), cfg.image_pattern or DEFAULT_IMAGE_PATTERN
     examples, out_of_vocabulary = [], 0
     for position, question in enumerate(questions):
-        if not (isinstance(question, dict) and isinstance(question.get("question"), str)
-                and isinstance(question.get("question_id"), int) and isinstance(question.get("image_id"), int)):
-            bad.report(files.records, f"question {position}", "expected question (text), question_id and image_id (int)")
+        if not (
+            isinstance(question, dict)
+            and isinstance(question.get("question"), str)
+            and isinstance(question.get("question_id"), int)
+            and isinstance(question.get("image_id"), int)
+        ):
+            bad.report(
+                files.records, f"question {position}", "expected question (text), question_id and image_id (int)"
+            )
             continue
         qid = question["question_id"]
         annotation = annotations.get(qid)
@@ -132,10 +154,19 @@ def load_vqa_split(cfg: TaskConfig, files: SplitFiles, vocabulary: list[str]) ->
         label = max(targets, key=lambda t: t[1])[0] if targets else IGNORE_LABEL
         if human and not targets:
             out_of_vocabulary += 1
-        examples.append(VLExample(
-            key=f"question_id {qid}", record_id=str(qid), image_id=str(question["image_id"]),
-            image=folder / pattern.format(subtype=subtype, image_id=question["image_id"]), texts=(question["question"],),
-            label=label, group=question_type(question["question"]), targets=targets, answers=human))
+        examples.append(
+            VLExample(
+                key=f"question_id {qid}",
+                record_id=str(qid),
+                image_id=str(question["image_id"]),
+                image=folder / pattern.format(subtype=subtype, image_id=question["image_id"]),
+                texts=(question["question"],),
+                label=label,
+                group=question_type(question["question"]),
+                targets=targets,
+                answers=human,
+            )
+        )
     skipped = bad.summary()
     if out_of_vocabulary:
         skipped["answers_outside_vocabulary"] = out_of_vocabulary

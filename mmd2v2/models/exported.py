@@ -1,11 +1,12 @@
 """Exported inference checkpoints: resolved config, safetensors weights, tokenizer, preprocessing, metadata.
 
-A folder written by `save_pretrained` loads with `load_pretrained(folder)` alone: no training code, no
+A folder written by `save_export` loads with `load_export(folder)` alone: no training code, no
 original encoder checkpoints and no unpickling (weights are safetensors, everything else JSON/YAML).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -24,7 +25,7 @@ from mmd2v2.config import Config, config_from_dict, config_to_dict, read_yaml
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
 from mmd2v2.files import replace_folder
-from mmd2v2.models.mmd2v2 import MMD2V2
+from mmd2v2.models.dual_encoder import DualEncoder
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -35,64 +36,86 @@ TRAINING_ONLY_PREFIXES = ("distill_head.",)
 
 
 @dataclass
-class PretrainedMMD2V2:
+class ExportedModel:
     """Everything needed for inference: the model, its tokenizer and image preprocessing."""
 
-    model: MMD2V2
+    model: DualEncoder
     tokenizer: PreTrainedTokenizerBase
     preprocess: ImagePreprocessor
     config: Config
     metadata: dict[str, Any]
 
 
-def _self_contained_config(model: MMD2V2, config: Config) -> Config:
+def _self_contained_config(model: DualEncoder, config: Config) -> Config:
     """Config whose encoders rebuild from their stored architectures (no pretrained paths or files)."""
-    model_config = dataclasses.replace(config.model, image=model.image_encoder.architecture, text=model.text_encoder.architecture)
+    model_config = dataclasses.replace(
+        config.model, image=model.image_encoder.architecture, text=model.text_encoder.architecture
+    )
     return dataclasses.replace(config, model=model_config)
 
 
-def save_pretrained(model: MMD2V2, config: Config, tokenizer: PreTrainedTokenizerBase, preprocess: ImagePreprocessor,
-                    folder: str | Path, metadata: dict[str, Any]) -> Path:
+def save_export(
+    model: DualEncoder,
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    preprocess: ImagePreprocessor,
+    folder: str | Path,
+    metadata: dict[str, Any],
+) -> Path:
     """Write an inference folder atomically (temporary sibling, then rename); returns its path."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith(TRAINING_ONLY_PREFIXES)
+    }
     save_file(state, str(tmp / WEIGHTS))
     (tmp / CONFIG).write_text(yaml.safe_dump(config_to_dict(_self_contained_config(model, config)), sort_keys=False))
     tokenizer.save_pretrained(str(tmp / TOKENIZER))
     (tmp / PREPROCESSING).write_text(json.dumps(preprocess.to_dict(), indent=2))
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for package in ("transformers", "mmd2v2"):
-        try:
+        with contextlib.suppress(ImportError, AttributeError):
             versions[package] = __import__(package).__version__
-        except (ImportError, AttributeError):
-            pass
-    meta = {"format": "mmd2v2-export-v1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions, **metadata}
+    meta = {
+        "format": "mmd2v2-export-v1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions,
+        **metadata,
+    }
     (tmp / METADATA).write_text(json.dumps(meta, indent=2))
     replace_folder(tmp, folder)
     return folder
 
 
-def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> PretrainedMMD2V2:
+def load_export(folder: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
     """Load an exported folder into an eval-mode model with its tokenizer and preprocessing."""
     folder = Path(folder)
     for name in (WEIGHTS, CONFIG, METADATA, PREPROCESSING, TOKENIZER):
         if not (folder / name).exists():
             raise FileNotFoundError(f"'{folder}' is not an mmd2v2 export: missing '{name}'")
     config = config_from_dict(read_yaml((folder / CONFIG).read_text()))
-    model = MMD2V2(config.model, teacher_dim=None)
+    model = DualEncoder(config.model, teacher_dim=None)
     state = load_file(str(folder / WEIGHTS))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{folder / WEIGHTS}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"{folder / WEIGHTS}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     preprocess = ImagePreprocessor.from_dict(json.loads((folder / PREPROCESSING).read_text()))
-    return PretrainedMMD2V2(model.to(device).eval(), load_tokenizer(folder / TOKENIZER), preprocess, config,
-                            json.loads((folder / METADATA).read_text()))
+    return ExportedModel(
+        model.to(device).eval(),
+        load_tokenizer(folder / TOKENIZER),
+        preprocess,
+        config,
+        json.loads((folder / METADATA).read_text()),
+    )
 
 
-def load_student_weights(model: MMD2V2, folder: str | Path) -> None:
+def load_student_weights(model: DualEncoder, folder: str | Path) -> None:
     """Start `model` from an exported folder's weights (training-only heads keep their fresh init)."""
     path = Path(folder) / WEIGHTS
     if not path.is_file():
@@ -102,9 +125,13 @@ def load_student_weights(model: MMD2V2, folder: str | Path) -> None:
         if name not in own:
             raise ValueError(f"trainer.init_from: tensor '{name}' of {path} does not exist in this model's config")
         if own[name].shape != tensor.shape:
-            raise ValueError(f"trainer.init_from: tensor '{name}' has shape {tuple(tensor.shape)} in {path}, "
-                             f"the config makes {tuple(own[name].shape)}")
+            raise ValueError(
+                f"trainer.init_from: tensor '{name}' has shape {tuple(tensor.shape)} in {path}, "
+                f"the config makes {tuple(own[name].shape)}"
+            )
     missing = [k for k in own if k not in state and not k.startswith(TRAINING_ONLY_PREFIXES)]
     if missing:
-        raise ValueError(f"trainer.init_from: {path} lacks {len(missing)} tensors of this model (first: '{missing[0]}')")
+        raise ValueError(
+            f"trainer.init_from: {path} lacks {len(missing)} tensors of this model (first: '{missing[0]}')"
+        )
     model.load_state_dict(state, strict=False)

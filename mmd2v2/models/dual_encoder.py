@@ -30,7 +30,7 @@ def centred(tokens: Tensor, key_padding: Tensor | None) -> Tensor:
     return tokens - (tokens * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)
 
 
-class MMD2V2(nn.Module):
+class DualEncoder(nn.Module):
     """Dual encoder with a shared top: encode_images / encode_texts give L2-normalised embeddings."""
 
     def __init__(self, cfg: ModelConfig, teacher_dim: int | None = None) -> None:
@@ -38,22 +38,31 @@ class MMD2V2(nn.Module):
         self.image_encoder = UnimodalEncoder(cfg.image, "image", "model.image")
         self.text_encoder = UnimodalEncoder(cfg.text, "text", "model.text")
         width = cfg.shared.width
-        self.image_in = nn.Linear(self.image_encoder.width, width) if self.image_encoder.width != width else nn.Identity()
+        self.image_in = (
+            nn.Linear(self.image_encoder.width, width) if self.image_encoder.width != width else nn.Identity()
+        )
         self.text_in = nn.Linear(self.text_encoder.width, width) if self.text_encoder.width != width else nn.Identity()
         self.modality_embedding = nn.Parameter(torch.randn(2, width) * 0.02) if cfg.modality_embeddings else None
         self.modality_scale = LayerScale(width, cfg.modality_layer_scale_init) if cfg.modality_embeddings else None
         self.shared = SharedTransformer(cfg.shared)
         self.center_tokens = cfg.center_tokens
         if not cfg.projection and cfg.embed_dim != width:
-            raise ConfigError(f"model.embed_dim: got {cfg.embed_dim}, but without model.projection the embedding is the "
-                              f"shared CLS of model.shared.width {width}")
+            raise ConfigError(
+                f"model.embed_dim: got {cfg.embed_dim}, but without model.projection the embedding is the "
+                f"shared CLS of model.shared.width {width}"
+            )
         if teacher_dim and not cfg.distill_head and teacher_dim != width:
-            raise ConfigError(f"model.distill_head: false distils the shared CLS (model.shared.width {width}) itself, "
-                              f"but the teacher's CLS has {teacher_dim} dims")
+            raise ConfigError(
+                f"model.distill_head: false distils the shared CLS (model.shared.width {width}) itself, "
+                f"but the teacher's CLS has {teacher_dim} dims"
+            )
         # retrieval: normalize(projection(cls)); distillation: distill_head(cls). Either may be the identity.
         self.projection = nn.Linear(width, cfg.embed_dim, bias=False) if cfg.projection else nn.Identity()
-        self.distill_head = (nn.Sequential(nn.LayerNorm(width), nn.Linear(width, teacher_dim)) if cfg.distill_head
-                             else nn.Identity()) if teacher_dim else None
+        self.distill_head = (
+            (nn.Sequential(nn.LayerNorm(width), nn.Linear(width, teacher_dim)) if cfg.distill_head else nn.Identity())
+            if teacher_dim
+            else None
+        )
 
     def add_modality(self, tokens: Tensor, modality: int) -> Tensor:
         """Tokens (B, T, width) plus the LayerScale-scaled embedding of their modality (0 image, 1 text), as the
@@ -73,14 +82,17 @@ class MMD2V2(nn.Module):
         distill = self.distill_head(cls) if with_distill and self.distill_head is not None else None
         return ModalityOutput(embedding, distill)
 
-    def image_forward(self, pixel_values: Tensor, with_distill: bool = True, encoded: Tensor | None = None) -> ModalityOutput:
+    def image_forward(
+        self, pixel_values: Tensor, with_distill: bool = True, encoded: Tensor | None = None
+    ) -> ModalityOutput:
         """Embedding (and distillation output) for a batch of images (B, 3, H, W), or for the image encoder's
         output `encoded` (B, T, width) when it comes from the feature cache."""
         hidden = self.image_encoder(pixel_values) if encoded is None else encoded
         return self._output(self._shared_cls(self.image_in(hidden), 0, None), with_distill)
 
-    def text_forward(self, input_ids: Tensor, attention_mask: Tensor, with_distill: bool = True,
-                     encoded: Tensor | None = None) -> ModalityOutput:
+    def text_forward(
+        self, input_ids: Tensor, attention_mask: Tensor, with_distill: bool = True, encoded: Tensor | None = None
+    ) -> ModalityOutput:
         """Embedding (and distillation output) for a batch of token ids (B, L) with their attention mask, or for
         the text encoder's cached output `encoded` (B, L, width)."""
         hidden = self.text_encoder(input_ids, attention_mask) if encoded is None else encoded
