@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmd2v2.config import ConfigError, config_to_dict, load_config
+from mmd2v2.config import config_to_dict, load_config
+from mmd2v2.errors import MissingExtraError, UserError
 from mmd2v2.vl.cli import add_vl_arguments, run_vl
 
 
@@ -130,7 +131,7 @@ def run_eval(args: argparse.Namespace) -> int:
         source = f"{info.get('dataset')} (embeddings {args.embeddings})"
     else:
         if args.ckpt is None:
-            raise ValueError("--ckpt is required (unless --embeddings gives saved vectors)")
+            raise UserError("--ckpt is required (unless --embeddings gives saved vectors)")
         embeddings, info = _encode_for_eval(args)
         source = info["dataset"]
     if args.save_embeddings is not None:
@@ -151,13 +152,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _encode_for_eval(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     from mmd2v2.data.karpathy import load_karpathy_split
-    from mmd2v2.models.exported import load_export
+    from mmd2v2.models.exported import load_export, resolve_export
     from mmd2v2.retrieval.benchmarks import benchmark_files
     from mmd2v2.retrieval.encode import encode_split
     from mmd2v2.retrieval.evaluate import resolve_dataset
     from mmd2v2.retrieval.index_store import checkpoint_id
 
-    folder = _export_dir(args.ckpt)
+    folder = resolve_export(args.ckpt)
     bundle = load_export(folder, args.device)
     if args.dataset:
         json_path, image_root = benchmark_files(args.dataset, args.data_root, args.image_root)
@@ -166,13 +167,6 @@ def _encode_for_eval(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     records = load_karpathy_split(json_path, args.split, image_root)
     embeddings = encode_split(bundle, records, args.batch_size, bundle.config.data.max_text_length)
     return embeddings, {"dataset": str(json_path), "checkpoint": str(folder), "checkpoint_id": checkpoint_id(folder)}
-
-
-def _export_dir(ckpt: Path) -> Path:
-    folder = ckpt / "export" if (ckpt / "export").is_dir() else ckpt
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--ckpt: '{ckpt}' is not a folder")
-    return folder
 
 
 def add_index_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +222,7 @@ def run_index(args: argparse.Namespace) -> int:
         opened = IndexFolder(args.index_dir)
         print(json.dumps({**vars(opened.manifest), "ntotal": opened.index.ntotal}, indent=2))
         return 0
-    from mmd2v2.models.exported import load_export
+    from mmd2v2.models.exported import load_export, resolve_export
     from mmd2v2.retrieval.benchmarks import benchmark_files
     from mmd2v2.retrieval.collection import read_collection
     from mmd2v2.retrieval.index_build import BuildOptions, add_to_index, build_index
@@ -238,7 +232,7 @@ def run_index(args: argparse.Namespace) -> int:
         args.images, args.texts, [(json_path, args.split, root) for json_path, root in datasets]
     )
     if args.action == "build":
-        folder = _export_dir(args.ckpt)
+        folder = resolve_export(args.ckpt)
         options = BuildOptions(args.index_type, args.memory_budget_gb, args.shard_size, args.batch_size, args.overwrite)
         manifest = build_index(load_export(folder, args.device), folder, collection, args.out, options)
         if manifest is not None:
@@ -247,7 +241,7 @@ def run_index(args: argparse.Namespace) -> int:
                 f"{manifest.skipped} items skipped, {manifest.build_seconds:.1f} s"
             )
         return 0
-    folder = _export_dir(args.ckpt or Path(IndexFolder(args.index_dir).manifest.checkpoint))
+    folder = resolve_export(args.ckpt or Path(IndexFolder(args.index_dir).manifest.checkpoint))
     manifest = add_to_index(load_export(folder, args.device), folder, args.index_dir, collection, args.batch_size)
     print(f"index '{args.index_dir}': now {manifest.count} vectors, {manifest.skipped} items skipped in all")
     return 0
@@ -268,15 +262,16 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     """Print the top-k items of an index for a text or image query."""
-    from mmd2v2.retrieval.search import Searcher, format_hits, open_image
+    from mmd2v2.data.images import open_rgb
+    from mmd2v2.retrieval.search import Searcher, format_hits
 
     if not 1 <= args.k <= 1000:
-        raise ValueError(f"-k: got {args.k}, expected 1..1000")
+        raise UserError(f"-k: got {args.k}, expected 1..1000")
     searcher = Searcher(args.index_dir, args.ckpt, args.device)
     hits = (
         searcher.by_text(args.text, args.k, args.kind)
         if args.text is not None
-        else searcher.by_image(open_image(args.image), args.k, args.kind)
+        else searcher.by_image(open_rgb(args.image, f"--image: '{args.image}'"), args.k, args.kind)
     )
     print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False) if args.json else format_hits(hits))
     return 0
@@ -299,7 +294,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
         from mmd2v2.retrieval.service import create_app
     except ImportError as error:
-        raise ValueError(f"serving needs the 'serve' extra: pip install 'mmd2v2[serve]' ({error})") from None
+        raise MissingExtraError(f"serving needs the 'serve' extra: pip install 'mmd2v2[serve]' ({error})") from None
     from mmd2v2.retrieval.search import Searcher
 
     app = create_app(Searcher(args.index_dir, args.ckpt, args.device), int(args.max_upload_mb * 2**20))
@@ -317,10 +312,12 @@ def run_demo_data(args: argparse.Namespace) -> int:
 
 
 def guarded(function, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    """Run a command; expected user errors (a missing optional extra included) become one line on stderr, exit 2."""
+    """Run a command; a UserError (bad input, a missing optional extra) becomes one line on stderr and exit 2.
+
+    Any other exception is a bug and keeps its traceback."""
     try:
         return function(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, TimeoutError, ValueError, ImportError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -16,11 +16,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from mmd2v2.errors import ConfigError
 from mmd2v2.files import write_text_atomic
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that is unknown, missing or of the wrong type."""
 
 
 class _ConfigLoader(yaml.SafeLoader):

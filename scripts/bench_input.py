@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmd2v2.config import SourceConfig  # noqa: E402
+from mmd2v2.data.images import open_rgb  # noqa: E402
 from mmd2v2.data.karpathy import load_karpathy_split  # noqa: E402
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator, PairSample, decode_pair  # noqa: E402
 from mmd2v2.data.preprocessing import DEFAULTS, ImageFiles, ImagePreprocessor, collate_images, image_batches  # noqa: E402
@@ -214,10 +215,10 @@ def jpeg_recall(export: Path, scales: list[int], quality: int, folder: Path) -> 
     for scale in scales:
         entries = []
         for index, record in enumerate(records):
-            with Image.open(record.path) as image:
-                image.convert("RGB").resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC).save(
-                    folder / f"test_{scale}_{index:05d}.jpg", quality=quality
-                )
+            image = open_rgb(record.path)
+            image.resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC).save(
+                folder / f"test_{scale}_{index:05d}.jpg", quality=quality
+            )
             entries.append(
                 {
                     "filepath": "",

@@ -39,6 +39,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmd2v2.errors import ExistingFileError, UserError
 from mmd2v2.files import replace_folder
 
 T = TypeVar("T")
@@ -294,7 +295,7 @@ def _publish(root: Path, manifest: dict[str, int], write: Callable[[Path], None]
     existing `root` is replaced only if it is empty or holds an earlier generated set."""
     manifest_path = root / "demo_manifest.json"
     if root.exists() and any(root.iterdir()) and not manifest_path.is_file():
-        raise ValueError(f"'{root}' is not empty and holds no demo set: refusing to replace it")
+        raise ExistingFileError(f"'{root}' is not empty and holds no demo set: refusing to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the set is an ordinary folder
@@ -318,7 +319,7 @@ def write_demo_unpaired(
     settings): `images/` with `num_images` scenes and `captions.txt` with `num_captions` captions (five per scene) of
     other scenes. Both come from random streams of their own, so no paired, validation or test scene is among them."""
     if min(num_images, num_captions) < 1 or image_size < 24:
-        raise ValueError(
+        raise UserError(
             f"unpaired demo set: need num_images, num_captions >= 1 and image_size >= 24, got {num_images}, "
             f"{num_captions}, {image_size}"
         )
@@ -361,7 +362,7 @@ def write_demo_dataset(
     An existing `root` is replaced only if it is empty or holds an earlier demo set.
     """
     if min(num_train, num_val, num_test) < 0 or image_size < 24:
-        raise ValueError(
+        raise UserError(
             f"demo set: need split sizes >= 0 and image_size >= 24, got {num_train}/{num_val}/{num_test}, {image_size}"
         )
     root = Path(root)

@@ -19,7 +19,9 @@ import torch
 from fairseq2.data.data_pipeline import DataPipeline, read_sequence
 from PIL import Image
 
+from mmd2v2.data.images import open_rgb
 from mmd2v2.data.karpathy import Dropped, ImageRecord
+from mmd2v2.errors import ImageDecodeError
 
 SKIP_REASON = "undecodable image"
 
@@ -85,9 +87,8 @@ def build_pair_pipeline(
     def decode(pair: tuple[str, str, int]) -> dict[str, Any] | None:
         path, caption, image_id = pair
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError):
+            rgb = open_rgb(path)
+        except ImageDecodeError:
             if skipped is not None:
                 with lock:
                     skipped.add(SKIP_REASON, path)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmd2v2.errors import MissingFileError, UserError
 from mmd2v2.files import write_text_atomic
 
 FORMAT = 1
@@ -123,10 +124,10 @@ class FeatureCache:
         self.folder = Path(folder)
         manifest_path = self.folder / MANIFEST
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"cache.dir: '{self.folder}' has no {MANIFEST} (not a finished feature cache)")
+            raise MissingFileError(f"cache.dir: '{self.folder}' has no {MANIFEST} (not a finished feature cache)")
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT:
-            raise ValueError(
+            raise UserError(
                 f"cache.dir: '{self.folder}' has cache format {self.manifest.get('format')}, expected {FORMAT}"
             )
         self.kinds = {k: tuple(v) for k, v in self.manifest["kinds"].items()}
@@ -147,7 +148,7 @@ class FeatureCache:
         if where is None and self.views != plan.views:
             where = f"number of views ({self.views})"
         if where is not None:
-            raise ValueError(
+            raise UserError(
                 f"cache.dir: '{self.folder}' was computed for a different {where}; rebuild it "
                 "(mmd2v2 cache --config ...) or point cache.dir at another folder"
             )

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from mmd2v2.data.karpathy import Dropped
 from mmd2v2.data.pairs import PairSample, decode_pair
 from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.errors import MissingExtraError, UserError
 
 
 def load_hf_dataset(name_or_path: str, split: str) -> Any:
@@ -18,18 +19,20 @@ def load_hf_dataset(name_or_path: str, split: str) -> Any:
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"hf source '{name_or_path}' needs the datasets package: pip install 'mmd2v2[data]'") from None
+        raise MissingExtraError(
+            f"hf source '{name_or_path}' needs the datasets package: pip install 'mmd2v2[data]'"
+        ) from None
     if Path(name_or_path).exists():
         loaded = datasets.load_from_disk(name_or_path)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise ValueError(f"{name_or_path}: no split '{split}' (found: {', '.join(loaded)})")
+                raise UserError(f"{name_or_path}: no split '{split}' (found: {', '.join(loaded)})")
             loaded = loaded[split]
         return loaded
     try:
         return datasets.load_dataset(name_or_path, split=split)
     except Exception as error:  # the hub client raises many kinds; all mean "cannot load this name"
-        raise ValueError(
+        raise UserError(
             f"hf source '{name_or_path}': not a local folder and not loadable from the hub "
             f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
         ) from None
@@ -51,9 +54,9 @@ class HFCaptionPairs(Dataset[PairSample]):
 
         for column in (image_column, caption_column):
             if column not in dataset.column_names:
-                raise ValueError(f"{name}: no column '{column}' (found: {', '.join(dataset.column_names)})")
+                raise UserError(f"{name}: no column '{column}' (found: {', '.join(dataset.column_names)})")
         if not isinstance(dataset.features[image_column], datasets.Image):
-            raise ValueError(
+            raise UserError(
                 f"{name}: column '{image_column}' is {dataset.features[image_column]}, expected an Image() feature"
             )
         self.images = dataset.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column])
@@ -68,7 +71,7 @@ class HFCaptionPairs(Dataset[PairSample]):
                 else:
                     dropped.add("empty or missing caption", f"{name} row {row}")
         if not self.pairs:
-            raise ValueError(f"{name}: no usable caption (dropped: {dropped.summary()})")
+            raise UserError(f"{name}: no usable caption (dropped: {dropped.summary()})")
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmd2v2.errors import DamagedFileError, MissingFileError, UserError
+
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -54,31 +56,31 @@ def load_karpathy_split(
     """
     json_path = Path(json_path)
     if not json_path.is_file():
-        raise FileNotFoundError(f"caption file '{json_path}' does not exist (expected a Karpathy-split JSON)")
+        raise MissingFileError(f"caption file '{json_path}' does not exist (expected a Karpathy-split JSON)")
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{json_path}: not valid UTF-8 JSON ({error})") from None
+        raise DamagedFileError(f"{json_path}: not valid UTF-8 JSON ({error})") from None
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
-        raise ValueError(f"{json_path}: expected a top-level object with an 'images' list")
+        raise UserError(f"{json_path}: expected a top-level object with an 'images' list")
     root = Path(image_root) if image_root is not None else json_path.parent
     wanted = SPLIT_ALIASES.get(split, (split,))
     records = []
     for index, entry in enumerate(images):
         where = f"{json_path}: images[{index}]"
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected an object")
+            raise UserError(f"{where}: expected an object")
         for key in ("filename", "split", "sentences"):
             if key not in entry:
-                raise ValueError(f"{where}: missing field '{key}'")
+                raise UserError(f"{where}: missing field '{key}'")
         if entry["split"] not in wanted:
             continue
         captions = []
         for s_index, sentence in enumerate(entry["sentences"]):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
             if not isinstance(raw, str):
-                raise ValueError(f"{where}.sentences[{s_index}]: expected an object with a string 'raw'")
+                raise UserError(f"{where}.sentences[{s_index}]: expected an object with a string 'raw'")
             if raw.strip():
                 captions.append(raw.strip())
         if dropped is not None:
@@ -90,5 +92,5 @@ def load_karpathy_split(
             ImageRecord(int(image_id), root / entry.get("filepath", "") / entry["filename"], tuple(captions))
         )
     if not records:
-        raise ValueError(f"{json_path}: split '{split}' has no images")
+        raise UserError(f"{json_path}: split '{split}' has no images")
     return records

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from mmd2v2.data.pairs import PairSample
 from mmd2v2.data.webdataset_source import ShardedPairs
+from mmd2v2.errors import UserError
 
 PATTERN_LENGTH = 10_000  # weights are honoured to 1/PATTERN_LENGTH over every PATTERN_LENGTH samples
 
@@ -29,7 +30,7 @@ class MixturePattern:
         counts = np.floor(shares).astype(np.int64)
         counts[np.argsort(counts - shares, kind="stable")[: PATTERN_LENGTH - counts.sum()]] += 1  # largest remainders
         if (counts == 0).any():
-            raise ValueError(
+            raise UserError(
                 f"data.sources: weight {weights[int(np.argmin(counts))]} is below 1/{PATTERN_LENGTH} of the total"
             )
         self.pattern = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(weights)), counts))
@@ -97,13 +98,13 @@ class MixedPairStream(IterableDataset[PairSample]):
         num_slots = world_size * self.workers
         for source in sources:
             if isinstance(source.data, ShardedPairs) and len(source.data.shards) < num_slots:
-                raise ValueError(
+                raise UserError(
                     f"{source.name}: {len(source.data.shards)} non-empty shards for {num_slots} readers "
                     f"({world_size} ranks × {self.workers} workers); every reader needs a whole shard: "
                     "write more shards or lower data.num_workers"
                 )
             if len(source.data) < num_slots:  # type: ignore[arg-type]
-                raise ValueError(
+                raise UserError(
                     f"{source.name}: {len(source.data)} pairs for {num_slots} readers; need at least one each"
                 )  # type: ignore[arg-type]
 

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset, Sampler, default_collate
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.karpathy import ImageRecord
-from mmd2v2.data.preprocessing import DECODE_ERRORS, ImagePreprocessor
+from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.errors import ImageDecodeError, UserError
 
 
 @dataclass
@@ -41,7 +42,7 @@ def decode_pair(
         return PairSample(None, None, image_id)
     try:
         pixels: Tensor | None = preprocess.decode(source)
-    except DECODE_ERRORS:
+    except ImageDecodeError:
         pixels = None
     return PairSample(pixels, caption, image_id)
 
@@ -138,7 +139,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.global_batch = micro_batch * accumulation * world_size
         self.steps_per_epoch = num_samples // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"dataset has {num_samples} pairs, fewer than one global batch of {self.global_batch}")
+            raise UserError(f"dataset has {num_samples} pairs, fewer than one global batch of {self.global_batch}")
 
     def __len__(self) -> int:
         return max(0, self.total_steps - self.start_step) * self.accumulation

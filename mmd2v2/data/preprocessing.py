@@ -18,6 +18,8 @@ from transformers import PretrainedConfig
 from transformers.image_processing_base import ImageProcessingMixin
 
 from mmd2v2.config import Config, EncoderConfig
+from mmd2v2.data.images import open_rgb
+from mmd2v2.errors import ImageDecodeError, UserError
 
 DEFAULTS: dict[str, Any] = {
     "size": 224,
@@ -26,7 +28,6 @@ DEFAULTS: dict[str, Any] = {
     "resample": "bicubic",
     "fast": True,
 }
-DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for a missing, truncated or corrupt image
 TORCH_RESAMPLE = ("bilinear", "bicubic")  # the resamplings torch has antialiased uint8 kernels for
 
 
@@ -43,7 +44,7 @@ class ImagePreprocessor:
         self, size: int, mean: list[float], std: list[float], resample: str = "bicubic", fast: bool = True
     ) -> None:
         if resample.upper() not in Image.Resampling.__members__:
-            raise ValueError(
+            raise UserError(
                 f"resample: got '{resample}', expected one of {[m.lower() for m in Image.Resampling.__members__]}"
             )
         self.size = size
@@ -75,11 +76,9 @@ class ImagePreprocessor:
         return torch.from_numpy(np.array(image.resize((self.size, self.size), Image.Resampling[self.resample.upper()])))
 
     def decode(self, source: str | Path | BinaryIO) -> Tensor:
-        """An image file as (size, size, 3) uint8 (raises one of DECODE_ERRORS when it cannot be decoded)."""
-        with Image.open(source) as image:
-            if self.fast:
-                image.draft("RGB", (self.size, self.size))  # JPEG only: DCT scaling, the result stays >= size
-            return self.to_uint8(image)
+        """An image file as (size, size, 3) uint8 (ImageDecodeError, naming the file, when it cannot be decoded)."""
+        # fast: JPEG only, DCT scaling, the result stays >= size
+        return self.to_uint8(open_rgb(source, draft_size=self.size if self.fast else None))
 
     def normalize(self, pixels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """uint8 (..., H, W, 3) pixels on any device as contiguous (..., 3, H, W) `dtype`: scaled to [0, 1], minus
@@ -93,7 +92,7 @@ class ImagePreprocessor:
         return self.normalize(self.to_uint8(image))
 
     def load(self, path: str | Path | BinaryIO) -> Tensor:
-        """Decode and normalise one image file (raises one of DECODE_ERRORS when it cannot be decoded)."""
+        """Decode and normalise one image file (ImageDecodeError when it cannot be decoded)."""
         return self.normalize(self.decode(path))
 
     def to_dict(self) -> dict[str, object]:
@@ -119,7 +118,7 @@ class ImageFiles(Dataset[tuple[Tensor | None, int]]):
     def __getitem__(self, index: int) -> tuple[Tensor | None, int]:
         try:
             return self.preprocess.decode(self.paths[index]), index
-        except DECODE_ERRORS:
+        except ImageDecodeError:
             return None, index
 
 

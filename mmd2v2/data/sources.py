@@ -14,6 +14,7 @@ from mmd2v2.data.mixture import MixedPairStream, MixedSource
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator, PairSample, ResumableBatchSampler
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.webdataset_source import ShardedPairs, count_samples, expand_shards
+from mmd2v2.errors import MissingFileError, UserError
 
 
 @dataclass
@@ -47,13 +48,13 @@ def configured_sources(data: DataConfig) -> list[SourceConfig]:
         return [SourceConfig(kind="karpathy", path=data.karpathy_json, image_root=data.image_root)]
     if data.demo:
         return [SourceConfig(kind="karpathy", path=str(Path(data.demo_dir) / "dataset_demo.json"))]
-    raise ValueError("no training data: set data.sources, data.karpathy_json or data.demo=true")
+    raise UserError("no training data: set data.sources, data.karpathy_json or data.demo=true")
 
 
 def _path(source: SourceConfig, name: str) -> Path:
     path = Path(str(source.path))
     if not path.exists():
-        raise FileNotFoundError(f"{name}.path: '{path}' does not exist")
+        raise MissingFileError(f"{name}.path: '{path}' does not exist")
     return path
 
 
@@ -62,7 +63,7 @@ def load_source(
 ) -> Dataset[PairSample] | ShardedPairs:
     """The pairs of one configured source; rows or captions it cannot use are counted in `dropped`."""
     if source.image_root is not None and not Path(source.image_root).is_dir():
-        raise FileNotFoundError(f"{name}.image_root: '{source.image_root}' is not a folder")
+        raise MissingFileError(f"{name}.image_root: '{source.image_root}' is not a folder")
     if source.kind == "karpathy":
         return CaptionPairDataset(
             load_karpathy_split(_path(source, name), source.split, source.image_root, dropped), preprocess

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mmd2v2.data.karpathy import Dropped, ImageRecord
+from mmd2v2.errors import MissingExtraError, MissingFileError, UserError
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 Row = tuple[str, object, object]  # (location for messages, image value, caption value)
@@ -18,11 +19,11 @@ def _require_pyarrow(what: str) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise ValueError(f"{what} needs pyarrow: pip install 'mmd2v2[data]'") from None
+        raise MissingExtraError(f"{what} needs pyarrow: pip install 'mmd2v2[data]'") from None
 
 
-def _missing_column(path: Path, column: str, found: list[str]) -> ValueError:
-    return ValueError(f"{path}: no column '{column}' (found: {', '.join(map(str, found)) or 'none'})")
+def _missing_column(path: Path, column: str, found: list[str]) -> UserError:
+    return UserError(f"{path}: no column '{column}' (found: {', '.join(map(str, found)) or 'none'})")
 
 
 def _csv_rows(path: Path, delimiter: str, columns: tuple[str, str]) -> Iterator[Row]:
@@ -79,9 +80,9 @@ def table_rows(path: Path, image_column: str, caption_column: str) -> Iterator[R
     """(location, image, caption) of every row of a table, by the file's suffix."""
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise ValueError(f"{path}: unknown table format '{path.suffix}' (expected one of {', '.join(TABLE_SUFFIXES)})")
+        raise UserError(f"{path}: unknown table format '{path.suffix}' (expected one of {', '.join(TABLE_SUFFIXES)})")
     if not path.is_file():
-        raise FileNotFoundError(f"table '{path}' does not exist")
+        raise MissingFileError(f"table '{path}' does not exist")
     columns = (image_column, caption_column)
     if kind == "parquet":
         return _parquet_rows(path, columns)
@@ -96,7 +97,7 @@ def img2dataset_paths(folder: Path) -> dict[str, Path]:
     import pyarrow.parquet as pq
 
     if not folder.is_dir():
-        raise FileNotFoundError(f"img2dataset_dir '{folder}' is not a folder")
+        raise MissingFileError(f"img2dataset_dir '{folder}' is not a folder")
     paths: dict[str, Path] = {}
     for meta in sorted(folder.glob("*.parquet")):
         shard = folder / meta.stem
@@ -140,7 +141,7 @@ def load_table(
         else:
             captions.setdefault(image, []).append(caption.strip())
     if not captions:
-        raise ValueError(f"{path}: no usable row (dropped: {dropped.summary()})")
+        raise UserError(f"{path}: no usable row (dropped: {dropped.summary()})")
     return [
         ImageRecord(index, downloads[image] if image in downloads else root / image, tuple(texts))
         for index, (image, texts) in enumerate(captions.items())

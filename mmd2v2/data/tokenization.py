@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from mmd2v2.config import Config
+from mmd2v2.errors import UserError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
@@ -59,7 +60,7 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load tokenizer '{name_or_path}': {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot load tokenizer '{name_or_path}': {str(error).splitlines()[0]}") from None
 
 
 def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTokenizerBase, Config]:
@@ -69,7 +70,7 @@ def prepare_tokenizer(config: Config, captions: list[str]) -> tuple[PreTrainedTo
     """
     source = config.data.tokenizer or config.model.text.pretrained
     if not source and not captions:
-        raise ValueError(
+        raise UserError(
             "data.tokenizer (or model.text.pretrained) must be set: webdataset shards give no caption "
             "list to build a word vocabulary from"
         )

@@ -14,13 +14,14 @@ import torch
 
 from mmd2v2.data.pairs import PairSample, decode_pair
 from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.errors import MissingExtraError, MissingFileError
 
 
 def _webdataset() -> Any:
     try:
         import webdataset
     except ImportError:
-        raise ValueError("webdataset sources need the webdataset package: pip install 'mmd2v2[data]'") from None
+        raise MissingExtraError("webdataset sources need the webdataset package: pip install 'mmd2v2[data]'") from None
     return webdataset
 
 
@@ -31,9 +32,7 @@ def expand_shards(path: str | list[str], name: str) -> list[Path]:
     shards = [Path(url) for pattern in patterns for url in expand_urls(pattern)]
     missing = [str(shard) for shard in shards if not shard.is_file()]
     if missing:
-        raise FileNotFoundError(
-            f"{name}: shard '{missing[0]}' does not exist ({len(missing)} of {len(shards)} missing)"
-        )
+        raise MissingFileError(f"{name}: shard '{missing[0]}' does not exist ({len(missing)} of {len(shards)} missing)")
     return shards
 
 

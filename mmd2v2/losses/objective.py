@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mmd2v2.config import LossConfig
+from mmd2v2.errors import UserError
 from mmd2v2.losses.contrastive import ContrastiveLoss
 from mmd2v2.losses.distillation import ContrastiveDistillation, regression_distillation
 from mmd2v2.models.dual_encoder import ModalityOutput
@@ -34,7 +35,7 @@ class MMD2V2Objective(nn.Module):
             else None
         )
         if cfg.kd_weight > 0 and teacher_dim is None:
-            raise ValueError(f"loss.kd_weight is {cfg.kd_weight} but there is no teacher (teacher.enabled: false)")
+            raise UserError(f"loss.kd_weight is {cfg.kd_weight} but there is no teacher (teacher.enabled: false)")
         self.uses_teacher = cfg.kd_weight > 0
         self.contrastive_kd = (
             ContrastiveDistillation(
@@ -47,7 +48,7 @@ class MMD2V2Objective(nn.Module):
             else None
         )
         if self.contrastive is None and not self.uses_teacher:
-            raise ValueError("loss: both loss.contrastive_weight and loss.kd_weight are 0: nothing to train")
+            raise UserError("loss: both loss.contrastive_weight and loss.kd_weight are 0: nothing to train")
 
     def forward(
         self,

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from mmd2v2.errors import DamagedFileError, MissingFileError
+
 TENSOR_REBUILDERS = {
     ("torch._tensor", "_rebuild_from_type_v2"),
     ("torch.nn.parameter", "Parameter"),
@@ -69,7 +71,7 @@ RESTRICTED_PICKLE = types.SimpleNamespace(
 def read_checkpoint(path: Path, option: str = "--checkpoint") -> dict[str, Any]:
     """A .safetensors file or a torch checkpoint as a dict, loaded without running pickled code."""
     if not path.is_file():
-        raise FileNotFoundError(f"{option}: '{path}' does not exist")
+        raise MissingFileError(f"{option}: '{path}' does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -80,15 +82,15 @@ def read_checkpoint(path: Path, option: str = "--checkpoint") -> dict[str, Any]:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=RESTRICTED_PICKLE)
         except Exception as error:  # noqa: BLE001 - any failure to parse the file becomes one line
-            raise ValueError(
+            raise DamagedFileError(
                 f"{option}: '{path}' is not a readable torch checkpoint ({str(error).splitlines()[0][:160]})"
             ) from None
     except Exception as error:  # noqa: BLE001
-        raise ValueError(
+        raise DamagedFileError(
             f"{option}: '{path}' is not a readable torch checkpoint ({str(error).splitlines()[0][:160]})"
         ) from None
     if not isinstance(loaded, dict):
-        raise ValueError(
+        raise DamagedFileError(
             f"{option}: '{path}' holds a {type(loaded).__name__}, expected a dict of tensors or a training checkpoint"
         )
     return loaded

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
+from mmd2v2.errors import UserError
 from mmd2v2.models.hf_folder import write_hf_folder
 
 DROPPED_PREFIXES = ("lm_head.", "cls_pt_layers.", "head.", "fc_norm.")  # pretraining extras and heads
@@ -54,7 +55,7 @@ def _unwrap(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError("checkpoint: expected a state dict of tensors (possibly under 'model' or 'state_dict')")
+        raise UserError("checkpoint: expected a state dict of tensors (possibly under 'model' or 'state_dict')")
     for prefix in ("encoder.", "beit.", "module."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
@@ -68,18 +69,18 @@ def convert_beit_state(checkpoint: dict[str, Any], image_size: int = 224) -> tup
         state["norm.weight"], state["norm.bias"] = state.pop("fc_norm.weight"), state.pop("fc_norm.bias")
     for required in ("cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight"):
         if required not in state:
-            raise ValueError(f"checkpoint: missing '{required}' (expected a BEiT state dict in timm's layout)")
+            raise UserError(f"checkpoint: missing '{required}' (expected a BEiT state dict in timm's layout)")
     width = state["cls_token"].shape[-1]
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     patch = state["patch_embed.proj.weight"].shape[-1]
     tables = [k for k in state if k.endswith("relative_position_bias_table")]
     heads = state[tables[0]].shape[1] if tables else None
     if heads is None:
-        raise ValueError("checkpoint: no relative_position_bias_table (BEiT-2 needs relative position bias)")
+        raise UserError("checkpoint: no relative_position_bias_table (BEiT-2 needs relative position bias)")
     grid = image_size // patch
     expected_rows = (2 * grid - 1) ** 2 + 3
     if state[tables[0]].shape[0] != expected_rows:
-        raise ValueError(
+        raise UserError(
             f"checkpoint: '{tables[0]}' has {state[tables[0]].shape[0]} rows, image size {image_size} with "
             f"patch {patch} needs {expected_rows}: pass the image size the checkpoint was trained at"
         )
@@ -107,22 +108,22 @@ def convert_beit_state(checkpoint: dict[str, Any], image_size: int = 224) -> tup
         block = re.match(r"blocks\.(\d+)\.(.+)", name)
         if block is None:
             if name not in TOP_RENAMES:
-                raise ValueError(f"checkpoint: unexpected tensor '{name}' (not part of a BEiT encoder)")
+                raise UserError(f"checkpoint: unexpected tensor '{name}' (not part of a BEiT encoder)")
             converted[TOP_RENAMES[name]] = tensor
             continue
         index, rest = block.groups()
         prefix = f"encoder.layer.{index}."
         if rest == "attn.qkv.weight":
             if tensor.shape != (3 * width, width):
-                raise ValueError(f"checkpoint: '{name}' has shape {tuple(tensor.shape)}, expected {(3 * width, width)}")
+                raise UserError(f"checkpoint: '{name}' has shape {tuple(tensor.shape)}, expected {(3 * width, width)}")
             for part, weight in zip(("query", "key", "value"), tensor.chunk(3)):
                 converted[f"{prefix}attention.attention.{part}.weight"] = weight
         elif rest in BLOCK_RENAMES:
             converted[prefix + BLOCK_RENAMES[rest]] = tensor
         else:
-            raise ValueError(f"checkpoint: unexpected tensor '{name}' in block {index}")
+            raise UserError(f"checkpoint: unexpected tensor '{name}' in block {index}")
     if "blocks.0.attn.q_bias" not in state:
-        raise ValueError("checkpoint: missing 'blocks.0.attn.q_bias' (BEiT's attention has q and v biases)")
+        raise UserError("checkpoint: missing 'blocks.0.attn.q_bias' (BEiT's attention has q and v biases)")
     return config, {k: v.contiguous().clone() for k, v in converted.items()}
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmd2v2.errors import UserError
 from mmd2v2.models.data2vec2_vision import Data2Vec2VisionConfig, Data2Vec2VisionModel
 from mmd2v2.models.hf_folder import write_hf_folder
 
@@ -70,7 +71,7 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
     """The model's tensors: a fairseq checkpoint's 'model', or the dict itself when it is a bare state dict."""
     state = checkpoint.get("model", checkpoint)
     if not isinstance(state, dict) or not any(k.startswith("modality_encoders.") for k in state):
-        raise ValueError(
+        raise UserError(
             "checkpoint: no 'modality_encoders.*' tensors (expected a fairseq data2vec 2.0 'data2vec_multi' checkpoint)"
         )
     return {k: v for k, v in state.items() if isinstance(v, Tensor) and not DROPPED.match(k)}
@@ -87,7 +88,7 @@ def _block_tensors(source: dict[str, Tensor], width: int, index: int, where: str
     for name, tensor in source.items():
         if name in ("attn.qkv.weight", "attn.qkv.bias"):
             if tensor.shape[0] != 3 * width:
-                raise ValueError(
+                raise UserError(
                     f"checkpoint: '{where}.{index}.{name}' has shape {tuple(tensor.shape)}, "
                     f"expected {3 * width} rows (q, k, v of width {width})"
                 )
@@ -97,14 +98,12 @@ def _block_tensors(source: dict[str, Tensor], width: int, index: int, where: str
         elif name in BLOCK_RENAMES:
             out[BLOCK_RENAMES[name]] = tensor
         else:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint: unexpected tensor '{where}.{index}.{name}' (cosine attention and other "
                 "block variants are not supported)"
             )
     if "attn.qkv.bias" not in source:
-        raise ValueError(
-            f"checkpoint: '{where}.{index}' has no attn.qkv.bias (data2vec 2.0 blocks have q, k, v biases)"
-        )
+        raise UserError(f"checkpoint: '{where}.{index}' has no attn.qkv.bias (data2vec 2.0 blocks have q, k, v biases)")
     return out
 
 
@@ -133,28 +132,28 @@ def _stack_blocks(state: dict[str, Tensor], encoder: str, width: int) -> dict[st
             )
             layer += 1
     if layer == 0:
-        raise ValueError("checkpoint: no 'blocks.N.*' tensors (expected the data2vec 2.0 transformer blocks)")
+        raise UserError("checkpoint: no 'blocks.N.*' tensors (expected the data2vec 2.0 transformer blocks)")
     return out
 
 
 def _check_variant(settings: dict[str, Any], state: dict[str, Tensor], encoder: str) -> None:
     """Refuse the data2vec 2.0 variants the HF layouts cannot compute."""
     if settings.get("layer_norm_first") or "norm.weight" in state:
-        raise ValueError(
+        raise UserError(
             "checkpoint: pre-LayerNorm model (layer_norm_first: true); only the post-LN data2vec 2.0 "
             "base layout is supported"
         )
     if any(k.startswith(f"{encoder}.alibi") for k in state):
-        raise ValueError(f"checkpoint: '{encoder}' uses ALiBi attention biases, which the HF layouts cannot apply")
+        raise UserError(f"checkpoint: '{encoder}' uses ALiBi attention biases, which the HF layouts cannot apply")
 
 
 def _heads(settings: dict[str, Any], num_heads: int | None, width: int) -> int:
     """Attention heads: the explicit value, else the checkpoint's config; they cannot be read off the weights."""
     heads = num_heads if num_heads is not None else settings.get("num_heads")
     if not isinstance(heads, int):
-        raise ValueError("checkpoint: no model.num_heads in its config (a bare state dict): pass --num-heads")
+        raise UserError("checkpoint: no model.num_heads in its config (a bare state dict): pass --num-heads")
     if width % heads:
-        raise ValueError(f"--num-heads: {heads} does not divide the width {width}")
+        raise UserError(f"--num-heads: {heads} does not divide the width {width}")
     return heads
 
 
@@ -169,11 +168,11 @@ def _take(
             continue
         name = key[len(prefix) :]
         if name not in renames:
-            raise ValueError(f"checkpoint: unexpected tensor '{key}' (not part of a data2vec 2.0 encoder)")
+            raise UserError(f"checkpoint: unexpected tensor '{key}' (not part of a data2vec 2.0 encoder)")
         out[renames[name]] = tensor
     for name in required:
         if renames[name] not in out:
-            raise ValueError(f"checkpoint: missing '{prefix}{name}'")
+            raise UserError(f"checkpoint: missing '{prefix}{name}'")
     return out
 
 
@@ -189,13 +188,13 @@ def convert_image(
     width, channels, size = patch.shape[0], patch.shape[1], patch.shape[-1]
     cls, positions = converted["embeddings.cls_token"], converted["embeddings.position_embeddings"]
     if cls.shape != (1, 1, width):
-        raise ValueError(
+        raise UserError(
             f"checkpoint: '{encoder}.extra_tokens' has shape {tuple(cls.shape)}, expected (1, 1, {width}) "
             "(exactly one extra token, the CLS)"
         )
     grid = round(positions.shape[1] ** 0.5)
     if positions.dim() != 3 or grid * grid != positions.shape[1]:
-        raise ValueError(
+        raise UserError(
             f"checkpoint: '{encoder}.fixed_positional_encoder.positions' has shape {tuple(positions.shape)}, "
             "expected (1, side², width) for a square patch grid"
         )
@@ -223,7 +222,7 @@ def convert_text(
     encoder = "modality_encoders.TEXT"
     _check_variant(settings, state, encoder)
     if any(k.startswith(f"{encoder}.context_encoder.") for k in state):
-        raise ValueError(
+        raise UserError(
             f"checkpoint: '{encoder}' has prenet blocks (prenet_depth > 0), which RoBERTa's layout cannot "
             "hold; the data2vec 2.0 text base has none"
         )
@@ -272,7 +271,7 @@ def write_text_folder(config: Any, state: dict[str, Tensor], out: Path, tokenize
 
     loaded = AutoTokenizer.from_pretrained(tokenizer)
     if len(loaded) > config.vocab_size or loaded.pad_token_id != config.pad_token_id:
-        raise ValueError(
+        raise UserError(
             f"--tokenizer: '{tokenizer}' has {len(loaded)} tokens and pad id {loaded.pad_token_id}, the "
             f"checkpoint embeds {config.vocab_size} with pad id {config.pad_token_id} (expected RoBERTa's)"
         )

@@ -15,12 +15,14 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
 
+from mmd2v2.errors import UserError
+
 
 def sincos_positions(width: int, grid: int) -> Tensor:
     """(1, grid², width) fixed 2-D sine-cosine positions (first half of the channels: column, second: row), the
     table data2vec 2.0 and MAE use; a random-init model starts from it, a converted one loads its own copy."""
     if width % 4:
-        raise ValueError(f"hidden_size: 2-D sine-cosine positions need a multiple of 4, got {width}")
+        raise UserError(f"hidden_size: 2-D sine-cosine positions need a multiple of 4, got {width}")
     frequencies = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
     rows, cols = torch.meshgrid(
         torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"

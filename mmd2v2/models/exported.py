@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from mmd2v2.config import Config, config_from_dict, config_to_dict, read_yaml
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
+from mmd2v2.errors import DamagedFileError, MissingFileError, UserError, reading
 from mmd2v2.files import replace_folder
 from mmd2v2.models.dual_encoder import DualEncoder
 
@@ -32,6 +33,7 @@ CONFIG = "config.yaml"
 METADATA = "metadata.json"
 PREPROCESSING = "preprocessing.json"
 TOKENIZER = "tokenizer"
+EXPORT_FILES = (WEIGHTS, CONFIG, METADATA, PREPROCESSING, TOKENIZER)
 TRAINING_ONLY_PREFIXES = ("distill_head.",)
 
 
@@ -91,47 +93,62 @@ def save_export(
     return folder
 
 
+def resolve_export(path: str | Path, what: str = "--ckpt") -> Path:
+    """The export folder `path` names: an export itself or a run folder holding one as export/.
+
+    Neither there is a one-line MissingFileError naming `what` and the path."""
+    path = Path(path)
+    for folder in (path / "export", path):
+        if any((folder / name).exists() for name in EXPORT_FILES):
+            return folder  # load_export names any file it lacks
+    if not path.is_dir():
+        raise MissingFileError(f"{what}: '{path}' is not a folder (expected an mmd2v2 export or a run folder)")
+    raise MissingFileError(f"{what}: '{path}' is neither an mmd2v2 export nor a run folder holding export/")
+
+
 def load_export(folder: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
-    """Load an exported folder into an eval-mode model with its tokenizer and preprocessing."""
+    """Load an exported folder into an eval-mode model with its tokenizer and preprocessing.
+
+    A missing or damaged file is a one-line UserError naming it."""
     folder = Path(folder)
-    for name in (WEIGHTS, CONFIG, METADATA, PREPROCESSING, TOKENIZER):
+    for name in EXPORT_FILES:
         if not (folder / name).exists():
-            raise FileNotFoundError(f"'{folder}' is not an mmd2v2 export: missing '{name}'")
-    config = config_from_dict(read_yaml((folder / CONFIG).read_text()))
+            raise MissingFileError(f"'{folder}' is not an mmd2v2 export: missing '{name}'")
+    with reading(folder / CONFIG):
+        config = config_from_dict(read_yaml((folder / CONFIG).read_text()))
+    with reading(folder / PREPROCESSING):
+        preprocess = ImagePreprocessor.from_dict(json.loads((folder / PREPROCESSING).read_text()))
+    with reading(folder / METADATA):
+        metadata = json.loads((folder / METADATA).read_text())
     model = DualEncoder(config.model, teacher_dim=None)
-    state = load_file(str(folder / WEIGHTS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    with reading(folder / WEIGHTS):
+        state = load_file(str(folder / WEIGHTS))
+        missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise DamagedFileError(
             f"{folder / WEIGHTS}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    preprocess = ImagePreprocessor.from_dict(json.loads((folder / PREPROCESSING).read_text()))
-    return ExportedModel(
-        model.to(device).eval(),
-        load_tokenizer(folder / TOKENIZER),
-        preprocess,
-        config,
-        json.loads((folder / METADATA).read_text()),
-    )
+    return ExportedModel(model.to(device).eval(), load_tokenizer(folder / TOKENIZER), preprocess, config, metadata)
 
 
 def load_student_weights(model: DualEncoder, folder: str | Path) -> None:
-    """Start `model` from an exported folder's weights (training-only heads keep their fresh init)."""
-    path = Path(folder) / WEIGHTS
+    """Start `model` from an export's weights, given it or its run folder (training-only heads keep their init)."""
+    folder = resolve_export(folder, "trainer.init_from")
+    path = folder / WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"trainer.init_from: '{folder}' has no {WEIGHTS} (expected an mmd2v2 export folder)")
-    state, own = load_file(str(path)), model.state_dict()
+        raise MissingFileError(f"trainer.init_from: '{folder}' has no {WEIGHTS} (expected an mmd2v2 export folder)")
+    with reading(path):
+        state = load_file(str(path))
+    own = model.state_dict()
     for name, tensor in state.items():
         if name not in own:
-            raise ValueError(f"trainer.init_from: tensor '{name}' of {path} does not exist in this model's config")
+            raise UserError(f"trainer.init_from: tensor '{name}' of {path} does not exist in this model's config")
         if own[name].shape != tensor.shape:
-            raise ValueError(
+            raise UserError(
                 f"trainer.init_from: tensor '{name}' has shape {tuple(tensor.shape)} in {path}, "
                 f"the config makes {tuple(own[name].shape)}"
             )
     missing = [k for k in own if k not in state and not k.startswith(TRAINING_ONLY_PREFIXES)]
     if missing:
-        raise ValueError(
-            f"trainer.init_from: {path} lacks {len(missing)} tensors of this model (first: '{missing[0]}')"
-        )
+        raise UserError(f"trainer.init_from: {path} lacks {len(missing)} tensors of this model (first: '{missing[0]}')")
     model.load_state_dict(state, strict=False)

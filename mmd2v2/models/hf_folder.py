@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
+from mmd2v2.errors import UserError
 from mmd2v2.files import replace_folder
 
 
@@ -42,7 +43,7 @@ def write_hf_folder(
         ]
         if problems:
             kind, key = problems[0]
-            raise ValueError(
+            raise UserError(
                 f"checkpoint: converted {model_class.__name__} has {len(problems)} "
                 f"{kind.replace('_', ' ')} (first: {key})"
             )

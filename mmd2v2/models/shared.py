@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmd2v2.config import SharedConfig
+from mmd2v2.errors import UserError
 
 
 class LayerScale(nn.Module):
@@ -28,7 +29,7 @@ class SharedBlock(nn.Module):
     def __init__(self, cfg: SharedConfig) -> None:
         super().__init__()
         if cfg.width % cfg.heads:
-            raise ValueError(f"model.shared.width {cfg.width} is not divisible by model.shared.heads {cfg.heads}")
+            raise UserError(f"model.shared.width {cfg.width} is not divisible by model.shared.heads {cfg.heads}")
         self.heads = cfg.heads
         self.dropout = cfg.dropout
         self.norm1 = nn.LayerNorm(cfg.width)

@@ -15,12 +15,13 @@ from typing import Any
 from torch import nn
 
 from mmd2v2.config import ConfigError, EncoderConfig
+from mmd2v2.errors import MissingExtraError
 
 try:
     import timm
     from timm.data import resolve_data_config
 except ImportError as error:
-    raise ImportError(f"family 'timm' needs the optional extra: pip install 'mmd2v2[timm]' ({error})") from error
+    raise MissingExtraError(f"family 'timm' needs the optional extra: pip install 'mmd2v2[timm]' ({error})") from error
 
 HEAD_NORMS = ("norm", "fc_norm", "attn_pool")  # applied after the blocks: dropped, the output is block N's
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmd2v2.errors import MissingFileError
+
 # name → (caption JSON, image folder) relative to the data root; the test split is the Karpathy 5k / 1k test
 BENCHMARKS = {
     "coco": ("coco/dataset_coco.json", "coco/images"),  # images/train2014, images/val2014 (the JSON's filepath)
@@ -17,14 +19,14 @@ def benchmark_files(name_or_path: str, data_root: Path, image_root: Path | None)
         json_name, images = BENCHMARKS[name_or_path]
         json_path = data_root / json_name
         if not json_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"--dataset {name_or_path}: '{json_path}' does not exist (expected Karpathy's "
                 f"{Path(json_name).name} there; set --data-root)"
             )
         return json_path, image_root or data_root / images
     path = Path(name_or_path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"--dataset: '{path}' is neither {' nor '.join(BENCHMARKS)} nor an existing Karpathy-style JSON"
         )
     return path, image_root

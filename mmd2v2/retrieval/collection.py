@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmd2v2.errors import DamagedFileError, MissingFileError, UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -28,12 +30,12 @@ def add_image_folder(collection: Collection, folder: str | Path) -> None:
     """Append every image file under `folder` (recursive, sorted by relative path)."""
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"--images: '{root}' is not a folder")
+        raise MissingFileError(f"--images: '{root}' is not a folder")
     paths = sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
     if not paths:
-        raise ValueError(f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) under '{root}'")
+        raise UserError(f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) under '{root}'")
     source = len(collection.sources)
     collection.sources.append({"kind": "images", "root": str(root.resolve())})
     collection.rows.extend({"kind": "image", "source": source, "path": path} for path in paths)
@@ -43,11 +45,11 @@ def add_text_file(collection: Collection, path: str | Path) -> None:
     """Append the captions of a text file: one per line (.txt), or JSON lines with a "text" field (.jsonl)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--texts: '{path}' does not exist (expected a .txt or .jsonl caption file)")
+        raise MissingFileError(f"--texts: '{path}' does not exist (expected a .txt or .jsonl caption file)")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        raise DamagedFileError(f"{path}: not UTF-8 text (byte {error.start})") from None
     collection.sources.append({"kind": "texts", "path": str(path.resolve())})
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -59,10 +61,10 @@ def add_text_file(collection: Collection, path: str | Path) -> None:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
         text = record.get("text") if isinstance(record, dict) else None
         if not isinstance(text, str):
-            raise ValueError(f"{path}:{number}: expected an object with a string field 'text'")
+            raise UserError(f"{path}:{number}: expected an object with a string field 'text'")
         if not text.strip():
             collection.skipped += 1
             continue
@@ -107,7 +109,7 @@ def read_collection(
     for json_path, split, image_root in datasets or []:
         add_karpathy_split(collection, json_path, split, image_root)
     if not collection.rows:
-        raise ValueError("nothing to index: give --images FOLDER, --texts FILE and/or --dataset SPEC")
+        raise UserError("nothing to index: give --images FOLDER, --texts FILE and/or --dataset SPEC")
     return collection
 
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from mmd2v2.data.karpathy import ImageRecord
 from mmd2v2.data.preprocessing import image_batches, loader_workers
+from mmd2v2.errors import DamagedFileError, MissingFileError, UserError
 from mmd2v2.models.exported import ExportedModel
 
 
@@ -37,7 +38,7 @@ def encode_split(
     image_emb, positions = encode_image_files(bundle, [r.path for r in records], batch_size, progress)
     kept = [records[i] for i in positions]
     if not kept:
-        raise ValueError("no image of the split could be decoded")
+        raise UserError("no image of the split could be decoded")
     captions = [c for r in kept for c in r.captions]
     text_image_index = np.asarray([i for i, r in enumerate(kept) for _ in r.captions], dtype=np.int64)
     distinct = list(dict.fromkeys(captions))  # each distinct caption encoded once: identical captions, identical rows
@@ -104,7 +105,7 @@ def load_embeddings(path: str | Path) -> tuple[SplitEmbeddings, dict[str, str]]:
     """Read what `save_embeddings` wrote: the embeddings and their info."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--embeddings: '{path}' does not exist")
+        raise MissingFileError(f"--embeddings: '{path}' does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
             embeddings = SplitEmbeddings(
@@ -112,5 +113,5 @@ def load_embeddings(path: str | Path) -> tuple[SplitEmbeddings, dict[str, str]]:
             )
             info = json.loads(str(data["info"]))
     except (KeyError, ValueError, OSError) as error:
-        raise ValueError(f"{path}: not an embeddings file written by --save-embeddings ({error})") from None
+        raise DamagedFileError(f"{path}: not an embeddings file written by --save-embeddings ({error})") from None
     return embeddings, info

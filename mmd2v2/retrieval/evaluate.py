@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mmd2v2.config import Config
 from mmd2v2.data.karpathy import load_karpathy_split
+from mmd2v2.errors import UserError
 from mmd2v2.models.exported import ExportedModel
 from mmd2v2.retrieval.encode import SplitEmbeddings, encode_split
 from mmd2v2.retrieval.recall import TIE_RULE, recall_at_k, rsum, tied_counts
@@ -25,7 +26,7 @@ def resolve_dataset(config: Config) -> tuple[Path, Path | None]:
         return Path(str(karpathy[0].path)), Path(karpathy[0].image_root) if karpathy[0].image_root else None
     if config.data.demo:
         return Path(config.data.demo_dir) / "dataset_demo.json", None
-    raise ValueError(
+    raise UserError(
         "no Karpathy split to evaluate on: set eval.karpathy_json (data.sources has no karpathy source "
         "and data.karpathy_json is not set)"
     )

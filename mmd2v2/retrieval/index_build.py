@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mmd2v2.errors import BusyError, DamagedFileError, ExistingFileError, UserError
 from mmd2v2.models.exported import ExportedModel
 from mmd2v2.retrieval.collection import Collection, image_path
 from mmd2v2.retrieval.encode import encode_image_files, encode_texts
@@ -108,7 +109,7 @@ def _prepare_work_dir(out: Path, plan: dict[str, Any]) -> Path:
         tmp.write_text(json.dumps(plan, indent=2))
         tmp.replace(plan_path)
     if json.loads(plan_path.read_text()) != plan:
-        raise ValueError(
+        raise UserError(
             f"'{work}' holds an unfinished build of another model or collection; delete it or use a new --out"
         )
     return work
@@ -119,7 +120,7 @@ def _wait_for(paths: list[Path], timeout_s: float) -> None:
     while not all(p.exists() for p in paths):
         if time.monotonic() > deadline:
             missing = [p.name for p in paths if not p.exists()]
-            raise TimeoutError(
+            raise BusyError(
                 f"waited {timeout_s:.0f} s for {len(missing)} shard(s) of other ranks (first: {missing[0]})"
             )
         time.sleep(1.0)
@@ -131,7 +132,7 @@ def build_index(
     """Encode `collection` (this rank's shards) and, on rank 0, write the index folder `out`; returns its manifest."""
     rank, world = _rank_world()
     if out.exists() and not options.overwrite:
-        raise FileExistsError(
+        raise ExistingFileError(
             f"--out: '{out}' already exists (use --overwrite to replace it, or `index add` to extend it)"
         )
     start = time.perf_counter()
@@ -146,7 +147,7 @@ def build_index(
     _wait_for([_shard_paths(work, s)[0] for s in range(num_shards)], options.wait_timeout_s)
     vectors, rows, skipped = _read_shards(work, num_shards)
     if not rows:
-        raise ValueError("no item of the collection could be read (all images undecodable?)")
+        raise UserError("no item of the collection could be read (all images undecodable?)")
     index_type = (
         choose_index_type(len(rows), vectors.shape[1], options.memory_budget_gb * 2**30)
         if options.index_type == "auto"
@@ -178,7 +179,7 @@ def _read_shards(work: Path, num_shards: int) -> tuple[np.ndarray, list[dict[str
         shard_rows = [json.loads(line) for line in lines[1:]]
         shard_vectors = np.load(npy, allow_pickle=False)
         if len(shard_vectors) != len(shard_rows):
-            raise ValueError(
+            raise DamagedFileError(
                 f"{npy}: {len(shard_vectors)} vectors but {len(shard_rows)} metadata rows; delete the shard and rerun"
             )
         vectors.append(shard_vectors)
@@ -202,7 +203,7 @@ def add_to_index(
     sources = opened.manifest.sources + collection.sources
     vectors, kept, skipped = encode_rows(bundle, collection.rows, sources, batch_size)
     if not kept:
-        raise ValueError("nothing to add: no item could be read")
+        raise UserError("nothing to add: no item could be read")
     rows = [json.loads(line) for line in opened.lines]
     for number, row in enumerate(kept, start=len(rows)):
         row["id"] = number

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mmd2v2.errors import DamagedFileError, MissingFileError, UserError
 from mmd2v2.files import replace_folder
 
 INDEX_FILE = "index.faiss"
@@ -94,14 +95,14 @@ def build_faiss_index(vectors: np.ndarray, index_type: str, seed: int = 0) -> An
     try:
         index = faiss.index_factory(vectors.shape[1], index_type, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
-        raise ValueError(
+        raise UserError(
             f"--index-type: FAISS cannot build '{index_type}' ({str(error).splitlines()[-1][:120]})"
         ) from None
     if not index.is_trained:
         nlist = getattr(faiss.extract_index_ivf(index), "nlist", 256) if index_type.startswith("IVF") else 256
         sample = min(len(vectors), max(64 * nlist, 10_000))
         if len(vectors) < nlist:
-            raise ValueError(
+            raise UserError(
                 f"index type '{index_type}' needs at least {nlist} vectors to train, the collection has {len(vectors)}"
             )
         rows = (
@@ -191,30 +192,36 @@ class IndexFolder:
 
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise FileNotFoundError(f"index folder '{self.folder}' does not exist")
+            raise MissingFileError(f"index folder '{self.folder}' does not exist")
         for name in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
             if not (self.folder / name).is_file():
-                raise FileNotFoundError(f"{self.folder}: missing '{name}' (not a complete mmd2v2 index folder)")
+                raise MissingFileError(f"{self.folder}: missing '{name}' (not a complete mmd2v2 index folder)")
         try:
             raw = json.loads((self.folder / MANIFEST_FILE).read_text())
             self.manifest = IndexManifest(**raw)
         except (json.JSONDecodeError, TypeError) as error:
-            raise ValueError(f"{self.folder / MANIFEST_FILE}: not a valid manifest ({error})") from None
+            raise DamagedFileError(f"{self.folder / MANIFEST_FILE}: not a valid manifest ({error})") from None
         if self.manifest.format != FORMAT:
-            raise ValueError(f"{self.folder / MANIFEST_FILE}: format '{self.manifest.format}', expected '{FORMAT}'")
+            raise DamagedFileError(
+                f"{self.folder / MANIFEST_FILE}: format '{self.manifest.format}', expected '{FORMAT}'"
+            )
         try:
             self.index = faiss.read_index(str(self.folder / INDEX_FILE))
         except RuntimeError:
-            raise ValueError(f"{self.folder / INDEX_FILE}: corrupt or not a FAISS index") from None
+            raise DamagedFileError(f"{self.folder / INDEX_FILE}: corrupt or not a FAISS index") from None
         self.lines = (self.folder / METADATA_FILE).read_text(encoding="utf-8").splitlines()
         self._kinds: dict[str, np.ndarray] = {}
         self._kind_matrices: dict[str, np.ndarray | None] = {}
         self.exact_kind_limit = EXACT_KIND_LIMIT
         counts = {"index": self.index.ntotal, "metadata rows": len(self.lines), "manifest count": self.manifest.count}
         if len(set(counts.values())) != 1:
-            raise ValueError(f"{self.folder}: counts disagree ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+            raise DamagedFileError(
+                f"{self.folder}: counts disagree ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+            )
         if self.index.d != self.manifest.dim:
-            raise ValueError(f"{self.folder}: index dimension {self.index.d} but manifest says {self.manifest.dim}")
+            raise DamagedFileError(
+                f"{self.folder}: index dimension {self.index.d} but manifest says {self.manifest.dim}"
+            )
         apply_search_params(self.index, self.manifest.search_params)
         if (
             self.stores_vectors
@@ -239,11 +246,11 @@ class IndexFolder:
     def check_queries(self, dim: int, model_id: str | None) -> None:
         """Refuse queries from a model other than the one that built the index."""
         if dim != self.manifest.dim:
-            raise ValueError(
+            raise UserError(
                 f"{self.folder}: index holds {self.manifest.dim}-d vectors, the query model makes {dim}-d ones"
             )
         if model_id is not None and model_id != self.manifest.checkpoint_id:
-            raise ValueError(
+            raise UserError(
                 f"{self.folder}: built with checkpoint id {self.manifest.checkpoint_id} "
                 f"({self.manifest.checkpoint}), the query model's id is {model_id}"
             )

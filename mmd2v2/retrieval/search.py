@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmd2v2.models.exported import ExportedModel, load_export
+from mmd2v2.data.images import open_rgb
+from mmd2v2.errors import UserError
+from mmd2v2.models.exported import ExportedModel, load_export, resolve_export
 from mmd2v2.retrieval.collection import image_path
 from mmd2v2.retrieval.encode import encode_texts
 from mmd2v2.retrieval.index_store import IndexFolder, SearchHit, checkpoint_id
@@ -19,20 +21,15 @@ class Searcher:
 
     def __init__(self, index_dir: str | Path, ckpt: str | Path | None = None, device: str = "cpu") -> None:
         self.index = IndexFolder(index_dir)
-        folder = Path(ckpt) if ckpt is not None else Path(self.index.manifest.checkpoint)
-        folder = folder / "export" if (folder / "export").is_dir() else folder
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"checkpoint '{folder}' does not exist (the index was built with "
-                f"'{self.index.manifest.checkpoint}'; pass --ckpt)"
-            )
+        what = "--ckpt" if ckpt is not None else "the index's checkpoint (pass --ckpt for another)"
+        folder = resolve_export(ckpt if ckpt is not None else self.index.manifest.checkpoint, what)
         self.bundle: ExportedModel = load_export(folder, device)
         self.index.check_queries(self.bundle.config.model.embed_dim, checkpoint_id(folder))
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:
         """Query embeddings of captions."""
         if not texts or any(not t.strip() for t in texts):
-            raise ValueError("query text is empty")
+            raise UserError("query text is empty")
         return encode_texts(self.bundle, texts).float().cpu().numpy()
 
     def image_vectors(self, images: list[Image.Image]) -> np.ndarray:
@@ -59,22 +56,10 @@ class Searcher:
         elif row.get("kind") == "text":
             query = self.text_vectors([row["text"]])
         else:
-            name = f"item {vector_id}: its image (index type {self.index.manifest.index_type} keeps no readable vector)"
-            query = self.image_vectors([open_image(image_path(row, self.index.manifest.sources), name)])
+            path = image_path(row, self.index.manifest.sources)
+            name = f"item {vector_id}: its image '{path}' (index type {self.index.manifest.index_type} keeps no vector)"
+            query = self.image_vectors([open_rgb(path, name)])
         return self.index.search(query, k, kind)[0]
-
-
-def open_image(path: str | Path, name: str = "--image") -> Image.Image:
-    """Decode an image file, with a one-line error naming `name` when it is missing or not an image."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: '{path}' does not exist")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, SyntaxError, ValueError):
-        raise ValueError(f"{name}: '{path}' is not a readable image") from None
 
 
 def format_hits(hits: list[SearchHit]) -> str:

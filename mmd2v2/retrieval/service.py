@@ -19,9 +19,10 @@ from typing import Any, Literal
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
+from mmd2v2.data.images import open_rgb
+from mmd2v2.errors import ImageDecodeError
 from mmd2v2.retrieval.batching import QueryBatcher
 from mmd2v2.retrieval.collection import image_path
 from mmd2v2.retrieval.index_store import SearchHit
@@ -132,11 +133,11 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"upload larger than {max_upload_bytes} bytes")
         try:
-            with Image.open(io.BytesIO(data)) as opened:
-                opened.load()
-                decoded = opened.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise HTTPException(415, "upload is not a readable image (expected JPEG, PNG, WebP, ...)") from None
+            decoded = open_rgb(io.BytesIO(data), "upload")
+        except ImageDecodeError as error:
+            raise HTTPException(
+                415, f"upload is not a readable image (expected JPEG, PNG, WebP, ...): {error.reason}"
+            ) from None
         return _hits_json(index.search(image_vector(decoded)[None], k, kind)[0])
 
     @app.get("/api/search/id/{item_id}")
@@ -160,12 +161,12 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 2**20, batch_que
             raise HTTPException(404, f"item {item_id} is a {row.get('kind')}, not an image")
         path = _inside_collection(row)
         try:
-            with Image.open(path) as opened:
-                opened.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-                buffer = io.BytesIO()
-                opened.convert("RGB").save(buffer, format="JPEG", quality=85)
-        except (OSError, SyntaxError, ValueError):
-            raise HTTPException(404, f"item {item_id}: image file missing or unreadable") from None
+            opened = open_rgb(path, draft_size=THUMBNAIL_SIZE)
+        except ImageDecodeError as error:
+            raise HTTPException(404, f"item {item_id}: image file missing or unreadable ({error.reason})") from None
+        opened.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        opened.save(buffer, format="JPEG", quality=85)
         return Response(buffer.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     def _row(item_id: int) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from mmd2v2.data.feature_cache import (
 from mmd2v2.data.pairs import CaptionPairDataset, PairSample
 from mmd2v2.data.preprocessing import ImagePreprocessor, image_batches, loader_workers
 from mmd2v2.data.sources import TrainingData
+from mmd2v2.errors import UserError
 from mmd2v2.losses.distributed import data_parallel_world
 from mmd2v2.models.dual_encoder import DualEncoder
 from mmd2v2.models.teacher import ImageTeacher
@@ -47,7 +48,7 @@ from mmd2v2.models.teacher import ImageTeacher
 AUTO = "auto"
 
 
-class CacheRefused(ValueError):
+class CacheRefused(UserError):
     """The configured cache cannot be used for this run (the message says why)."""
 
 

@@ -24,6 +24,7 @@ from mmd2v2.data.pairs import CaptionPairDataset, PairCollator
 from mmd2v2.data.preprocessing import ImagePreprocessor, loader_workers, resolve_image_preprocessing
 from mmd2v2.data.sources import TrainingData, configured_sources, load_training_data, training_loader
 from mmd2v2.data.tokenization import prepare_tokenizer
+from mmd2v2.errors import MissingFileError, UserError
 from mmd2v2.files import write_text_atomic
 from mmd2v2.losses.objective import MMD2V2Objective
 from mmd2v2.models.dual_encoder import DualEncoder
@@ -86,9 +87,9 @@ def prepare_data(config: Config) -> tuple[list[SourceConfig], Path, Path | None]
         dist.barrier()
     json_path, image_root = resolve_dataset(config)
     if not json_path.is_file():
-        raise FileNotFoundError(f"evaluation split: '{json_path}' does not exist (expected a Karpathy-split JSON)")
+        raise MissingFileError(f"evaluation split: '{json_path}' does not exist (expected a Karpathy-split JSON)")
     if image_root is not None and not image_root.is_dir():
-        raise FileNotFoundError(f"evaluation image root: '{image_root}' is not a folder")
+        raise MissingFileError(f"evaluation image root: '{image_root}' is not a folder")
     return configured_sources(config.data), json_path, image_root
 
 
@@ -144,7 +145,7 @@ def prepare_run(config: Config, output_dir: Path) -> RunParts:
     )
     steps_per_epoch = data.num_pairs // global_batch
     if steps_per_epoch == 0:
-        raise ValueError(f"the training data has {data.num_pairs} pairs, fewer than one global batch of {global_batch}")
+        raise UserError(f"the training data has {data.num_pairs} pairs, fewer than one global batch of {global_batch}")
     total_steps = config.trainer.max_steps or max(1, math.ceil(config.trainer.epochs * steps_per_epoch))
     return RunParts(
         config, data, json_path, image_root, preprocess, tokenizer, teacher, student, total_steps, global_batch
@@ -254,7 +255,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[
             counts[key] += int(batch.pop(batch_key))
         seen += config.trainer.micro_batch_size
         if seen >= global_batch // world and counts["skipped"] >= seen:
-            raise ValueError(
+            raise UserError(
                 f"no training image could be decoded (first source: {data.sources[0].name}); check the image root"
             )
         if len(batch["image_ids"]) < 2:

@@ -11,6 +11,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.errors import ImageDecodeError
 from mmd2v2.vl.tasks.base import VLExample
 from mmd2v2.vl.words import TokenizedTexts, tokenize_with_words
 
@@ -57,7 +58,7 @@ class ExampleImages(Dataset[tuple[VLExample, Tensor | None]]):
             return example, self.cache[key]
         try:
             pixels: Tensor | None = self.preprocess.load(example.image)
-        except (OSError, ValueError, SyntaxError):
+        except ImageDecodeError:
             pixels = None
         if self.cache is not None:
             self.cache[key] = pixels

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.errors import MissingFileError
 from mmd2v2.files import replace_folder
 from mmd2v2.models.exported import load_export, save_export
 from mmd2v2.vl.student import StudentParts, VLStudent
@@ -38,7 +39,7 @@ def load_vl_model(folder: str | Path) -> tuple[VLStudent, PreTrainedTokenizerBas
     """Load what `save_vl_model` wrote: the eval-mode student, its tokenizer and preprocessing, and task.json."""
     folder = Path(folder)
     if not (folder / TASK).is_file() or not (folder / HEAD).is_file():
-        raise FileNotFoundError(f"'{folder}' is not a VL model folder: missing '{TASK}' or '{HEAD}'")
+        raise MissingFileError(f"'{folder}' is not a VL model folder: missing '{TASK}' or '{HEAD}'")
     task = json.loads((folder / TASK).read_text())
     bundle = load_export(folder / BACKBONE)
     student = VLStudent(bundle.model, len(task["classes"]) if task["name"] != "vcr" else 1, task["head_hidden_ratio"])

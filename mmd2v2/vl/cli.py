@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mmd2v2.config import config_to_dict
+from mmd2v2.errors import UserError
 from mmd2v2.files import write_text_atomic
 from mmd2v2.vl.config import load_vl_config
 
@@ -98,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = load_vl_config(args.run / "config.yaml", args.overrides)
     student, tokenizer, preprocess, info = load_vl_model(args.run / "model")
     if info["name"] != cfg.task.name:
-        raise ValueError(f"--run: the model was trained for {info['name']}, the config names task {cfg.task.name}")
+        raise UserError(f"--run: the model was trained for {info['name']}, the config names task {cfg.task.name}")
     task = load_task(cfg.task, with_train=False, vocabulary=info["classes"] if info["name"] == "vqa" else None)
     metrics = evaluate_examples(
         student.to(cfg.trainer.device),

@@ -29,6 +29,7 @@ from mmd2v2.data.demo_scenes import (
     generate_scene,
     render,
 )
+from mmd2v2.errors import ExistingFileError
 from mmd2v2.files import replace_folder
 
 DEMO_VERSION = 3
@@ -237,7 +238,7 @@ def write_vl_demo(
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
         return root
     if root.exists() and any(root.iterdir()) and not manifest_path.is_file():
-        raise ValueError(f"'{root}' is not empty and holds no VL demo: refusing to replace it")
+        raise ExistingFileError(f"'{root}' is not empty and holds no VL demo: refusing to replace it")
     tmp = root.with_name(f".{root.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mmd2v2.errors import UserError
+
 OFF = [
     "distill.vision=false",
     "distill.text=false",
@@ -33,5 +35,5 @@ METHODS: dict[str, list[str]] = {
 def method_overrides(name: str) -> list[str]:
     """The overrides of a method preset."""
     if name not in METHODS:
-        raise ValueError(f"protocol.methods: unknown method '{name}' (expected one of: {', '.join(METHODS)})")
+        raise UserError(f"protocol.methods: unknown method '{name}' (expected one of: {', '.join(METHODS)})")
     return METHODS[name]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from mmd2v2.errors import DamagedFileError, UserError
 from mmd2v2.files import replace_folder
 
 RESUME, STUDENT, STATE, POSITION = "resume", "student.safetensors", "state.pt", "position.json"
@@ -82,10 +83,10 @@ def load_run_state(run: Path, student: torch.nn.Module) -> SavedRun | None:
         position = Position(**json.loads((folder / POSITION).read_text()))
         state = torch.load(folder / STATE, map_location="cpu", weights_only=True)  # AdamW moves its state to the params
     except (OSError, ValueError, TypeError, RuntimeError) as error:
-        raise ValueError(f"'{folder}': unreadable training state ({error})") from error
+        raise DamagedFileError(f"'{folder}': unreadable training state ({error})") from error
     missing, unexpected = load_model(student, str(folder / STUDENT), strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"'{folder / STUDENT}' does not fit this run's student (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}): was the config changed?"
         )

@@ -12,6 +12,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 
+from mmd2v2.errors import UserError
 from mmd2v2.vl.tasks.base import VLExample
 from mmd2v2.vl.tasks.snli_ve import LABELS
 from mmd2v2.vl.tasks.vcr import CATEGORIES
@@ -77,7 +78,7 @@ def low_shot_subset(
 ) -> list[VLExample]:
     """The task's low-shot subset of `examples` with `shots` per category / class / question type."""
     if shots < 1:
-        raise ValueError(f"protocol.shots: got {shots}, expected >= 1")
+        raise UserError(f"protocol.shots: got {shots}, expected >= 1")
     if task == "vcr":
         return sample_vcr(examples, shots, seed)
     if task == "snli_ve":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -19,16 +18,10 @@ from mmd2v2.config import Config, DataConfig
 from mmd2v2.data.preprocessing import ImagePreprocessor, resolve_image_preprocessing
 from mmd2v2.data.tokenization import extend_word_tokenizer, prepare_tokenizer, unknown_words
 from mmd2v2.models.dual_encoder import DualEncoder
-from mmd2v2.models.exported import load_export
+from mmd2v2.models.exported import load_export, resolve_export
 from mmd2v2.vl.config import StudentConfig
 
 IMAGE, TEXT = 0, 1  # rows of MM-D2V2's modality embedding
-
-
-def export_folder(path: str | Path) -> Path:
-    """An mmd2v2 export folder, given it or the run folder holding it as export/."""
-    path = Path(path)
-    return path / "export" if (path / "export").is_dir() else path
 
 
 @dataclass
@@ -112,7 +105,7 @@ class StudentParts:
 def build_backbone(cfg: StudentConfig, texts: list[str]) -> StudentParts:
     """Load the backbone from an mmd2v2 export (`init_from`), or build it randomly initialised from `cfg.model`."""
     if cfg.init_from is not None:
-        bundle = load_export(export_folder(cfg.init_from))
+        bundle = load_export(resolve_export(cfg.init_from, "student.init_from"))
         tokenizer, new_words = bundle.tokenizer, unknown_words(bundle.tokenizer, texts)
         if new_words:  # a word-level (demo) vocabulary learns the task's words, e.g. the questions' "what", "how"
             tokenizer = extend_word_tokenizer(tokenizer, new_words)

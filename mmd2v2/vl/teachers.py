@@ -22,11 +22,12 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmd2v2.config import ConfigError, EncoderConfig, TeacherConfig
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
-from mmd2v2.models.exported import ExportedModel, load_export
+from mmd2v2.errors import UserError
+from mmd2v2.models.exported import ExportedModel, load_export, resolve_export
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.models.unimodal import load_hf_model
 from mmd2v2.vl.config import TeachersConfig, TeacherSpec, gives_logits, logits_teacher
-from mmd2v2.vl.student import TEXT, export_folder
+from mmd2v2.vl.student import TEXT
 from mmd2v2.vl.words import pool_words, tokenize_with_words
 
 
@@ -226,7 +227,7 @@ class HFTextTeacher(nn.Module):
         super().__init__()
         source = spec.tokenizer or spec.pretrained
         if source is None:
-            raise ValueError(
+            raise UserError(
                 "teachers.text.tokenizer: an hf text teacher without pretrained weights needs a tokenizer folder"
             )
         self.model = _frozen(
@@ -280,7 +281,7 @@ class DualEncoders:
         if spec.kind == "mmd2v2":
             if spec.pretrained is None:
                 raise ConfigError(f"config key '{key}.pretrained': a teacher of kind mmd2v2 needs an export folder")
-            name = f"mmd2v2:{export_folder(spec.pretrained)}"
+            name = f"mmd2v2:{resolve_export(spec.pretrained, f'{key}.pretrained')}"
         else:
             name = f"clip:{spec.pretrained}:{spec.tokenizer}:{sorted(spec.config.items())}"
         if name not in self.loaded:
@@ -288,7 +289,7 @@ class DualEncoders:
                 CLIPTeacher(spec, key, self.preprocess, self.max_length)
                 if spec.kind == "hf"
                 else DualEncoderTeacher(
-                    load_export(str(export_folder(str(spec.pretrained)))), self.preprocess, self.max_length
+                    load_export(resolve_export(spec.pretrained, f"{key}.pretrained")), self.preprocess, self.max_length
                 )
             )
         return self.loaded[name]

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from mmd2v2.config import dump_config
 from mmd2v2.data.preprocessing import ImagePreprocessor
+from mmd2v2.errors import UserError
 from mmd2v2.files import write_text_atomic
 from mmd2v2.runtime.metrics import MetricWindow
 from mmd2v2.runtime.optim import parameter_groups
@@ -82,7 +83,7 @@ def predict(
         kept.extend(batch.examples)
         logits.append(scores.view(len(batch.examples), -1).float().cpu())
     if not kept:
-        raise ValueError("evaluation: no image of the split could be decoded (check task.val.image_root)")
+        raise UserError("evaluation: no image of the split could be decoded (check task.val.image_root)")
     return kept, torch.cat(logits), skipped
 
 
@@ -194,7 +195,7 @@ class StageRunner:
                 if step >= total:
                     break
             if step == pass_start and not resumed_pass:
-                raise ValueError(
+                raise UserError(
                     f"{name}: no batch with two or more decodable examples (check the images and trainer.batch_size)"
                 )
             batches = 0
@@ -249,7 +250,7 @@ def train_vl(
     task = task or load_task(cfg.task)
     examples = task.train.examples if train_examples is None else train_examples
     if not examples:
-        raise ValueError("training split: no usable example (see the skipped counts)")
+        raise UserError("training split: no usable example (see the skipped counts)")
     parts = build_backbone(cfg.student, [t for e in task.train.examples for t in e.texts])
     distill, adaptive = cfg.distill, cfg.adaptive
     need_vision, need_text = needed_teachers(distill)
@@ -366,7 +367,7 @@ def _resumed_state(out: Path, cfg: VLConfig, student: VLStudent) -> SavedRun | N
         print(f"no saved training state in '{out}': starting from step 0", flush=True)
         return None
     if not same_run_settings(out / "config.yaml", cfg):
-        raise ValueError(
+        raise UserError(
             f"--resume: '{out / 'config.yaml'}' trains something else than these settings (compare with "
             "--dump-config); resume with the same config, or use a new --output-dir"
         )

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from mmd2v2.errors import UserError
+
 WORD = re.compile(r"\S+")
 
 
@@ -27,7 +29,7 @@ class TokenizedTexts:
 def tokenize_with_words(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> TokenizedTexts:
     """Tokenise `texts` (padded, truncated) and map each token to its whitespace word through character offsets."""
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"token selection needs a fast tokenizer (with offsets); got {type(tokenizer).__name__}")
+        raise UserError(f"token selection needs a fast tokenizer (with offsets); got {type(tokenizer).__name__}")
     encoded = tokenizer(
         texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt", return_offsets_mapping=True
     )

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmd2v2.errors import BadRecordError, MissingFileError
+
 IGNORE_LABEL = -100  # label of an example without a usable answer (no loss, still evaluated)
 
 
@@ -27,10 +29,6 @@ class VLExample:
     answers: tuple[str, ...] = ()  # VQA: the human answers (for the VQA accuracy)
     mode: str = ""  # VCR: q2a or qa2r
     prompts: tuple[str, ...] = ()  # VCR: each choice alone, the zero-shot IA / IR prompts (answers or rationales)
-
-
-class BadRecordError(ValueError):
-    """A malformed input record; the message names the file and the record."""
 
 
 @dataclass
@@ -55,7 +53,7 @@ def read_json(path: str | Path, what: str) -> Any:
     """Parse a JSON file, with a one-line error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: '{path}' does not exist")
+        raise MissingFileError(f"{what}: '{path}' does not exist")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -66,7 +64,7 @@ def read_jsonl(path: str | Path, what: str, bad: BadRecords) -> Iterator[tuple[i
     """Yield (line number, record) of a JSON-lines file; unparsable lines go to `bad`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: '{path}' does not exist")
+        raise MissingFileError(f"{what}: '{path}' does not exist")
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mmd2v2.errors import UserError
 from mmd2v2.vl.config import SplitFiles, TaskConfig
 from mmd2v2.vl.tasks.base import BadRecords, LoadedSplit, VLExample, image_folder, read_jsonl
 
@@ -12,7 +13,7 @@ DEFAULT_IMAGE_PATTERN = "{image_id}.jpg"
 def load_snli_ve_split(cfg: TaskConfig, files: SplitFiles) -> LoadedSplit:
     """Examples of one SNLI-VE split; records without an image id, hypothesis or known gold label are bad."""
     if files.records is None:
-        raise ValueError("task: SNLI-VE needs the split's jsonl (task.train.records / task.val.records)")
+        raise UserError("task: SNLI-VE needs the split's jsonl (task.train.records / task.val.records)")
     bad = BadRecords(cfg.on_bad_record)
     folder, pattern = image_folder(files.records, files.image_root), cfg.image_pattern or DEFAULT_IMAGE_PATTERN
     examples = []

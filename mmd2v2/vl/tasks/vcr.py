@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mmd2v2.errors import BadRecordError, UserError
 from mmd2v2.vl.config import SplitFiles, TaskConfig
 from mmd2v2.vl.tasks.base import BadRecords, LoadedSplit, VLExample, image_folder, read_jsonl
 
@@ -26,7 +27,7 @@ CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
-class ObjectReferenceError(ValueError):
+class ObjectReferenceError(BadRecordError):
     """A reference to an object index the record's objects list does not have."""
 
 
@@ -72,7 +73,7 @@ def _choices(record: dict[str, Any], key: str) -> list[list[Any]]:
 def load_vcr_split(cfg: TaskConfig, files: SplitFiles) -> LoadedSplit:
     """Q->A and QA->R examples of one VCR split (test records without labels are bad records)."""
     if files.records is None:
-        raise ValueError("task: VCR needs the split's jsonl (task.train.records / task.val.records)")
+        raise UserError("task: VCR needs the split's jsonl (task.train.records / task.val.records)")
     bad = BadRecords(cfg.on_bad_record)
     folder = image_folder(files.records, files.image_root)
     examples = []

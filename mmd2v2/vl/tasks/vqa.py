@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from mmd2v2.errors import UserError
 from mmd2v2.vl.config import SplitFiles, TaskConfig
 from mmd2v2.vl.tasks.base import IGNORE_LABEL, BadRecords, LoadedSplit, VLExample, image_folder, read_json
 
@@ -86,7 +87,7 @@ def _read_annotations(files: SplitFiles, bad: BadRecords) -> dict[int, dict[str,
     data = read_json(files.annotations, "task annotations")
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
-        raise ValueError(f"{files.annotations}: expected an object with an 'annotations' list (VQA annotations JSON)")
+        raise UserError(f"{files.annotations}: expected an object with an 'annotations' list (VQA annotations JSON)")
     by_question: dict[int, dict[str, Any]] = {}
     for index, item in enumerate(annotations):
         answers = item.get("answers") if isinstance(item, dict) else None
@@ -112,7 +113,7 @@ def build_answer_vocabulary(files: SplitFiles, min_count: int, max_answers: int)
         counts[normalize_answer(answer)] += 1
     vocabulary = [a for a, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count and a]
     if not vocabulary:
-        raise ValueError(
+        raise UserError(
             f"{files.annotations}: no answer is given to {min_count} or more questions (lower task.min_answer_count)"
         )
     return vocabulary[:max_answers]
@@ -121,12 +122,12 @@ def build_answer_vocabulary(files: SplitFiles, min_count: int, max_answers: int)
 def load_vqa_split(cfg: TaskConfig, files: SplitFiles, vocabulary: list[str]) -> LoadedSplit:
     """Examples of one VQA split; answers outside the vocabulary are counted and their question gets IGNORE_LABEL."""
     if files.records is None:
-        raise ValueError("task: VQA needs the split's questions JSON (task.train.records / task.val.records)")
+        raise UserError("task: VQA needs the split's questions JSON (task.train.records / task.val.records)")
     bad = BadRecords(cfg.on_bad_record)
     data = read_json(files.records, "task questions")
     questions = data.get("questions") if isinstance(data, dict) else None
     if not isinstance(questions, list):
-        raise ValueError(f"{files.records}: expected an object with a 'questions' list (VQA questions JSON)")
+        raise UserError(f"{files.records}: expected an object with a 'questions' list (VQA questions JSON)")
     subtype = str(data.get("data_subtype", ""))
     annotations = _read_annotations(files, bad)
     index_of = {answer: i for i, answer in enumerate(vocabulary)}
