@@ -216,7 +216,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_index(args: argparse.Namespace) -> int:
     """Build, extend or describe an index folder."""
-    from mmd2v2.retrieval.index_store import IndexFolder
+    from mmd2v2.retrieval.index_store import SKIPPED_FILE, IndexFolder, read_skipped
 
     if args.action == "info":
         opened = IndexFolder(args.index_dir)
@@ -236,15 +236,27 @@ def run_index(args: argparse.Namespace) -> int:
         options = BuildOptions(args.index_type, args.memory_budget_gb, args.shard_size, args.batch_size, args.overwrite)
         manifest = build_index(load_export(folder, args.device), folder, collection, args.out, options)
         if manifest is not None:
+            _print_skipped(read_skipped(args.out))
             print(
                 f"index '{args.out}': {manifest.count} vectors ({manifest.dim}-d, {manifest.index_type}), "
-                f"{manifest.skipped} items skipped, {manifest.build_seconds:.1f} s"
+                f"{manifest.skipped} items skipped (listed in {args.out / SKIPPED_FILE}), "
+                f"{manifest.build_seconds:.1f} s"
             )
         return 0
     folder = resolve_export(args.ckpt or Path(IndexFolder(args.index_dir).manifest.checkpoint))
+    earlier = len(read_skipped(args.index_dir))
     manifest = add_to_index(load_export(folder, args.device), folder, args.index_dir, collection, args.batch_size)
+    _print_skipped(read_skipped(args.index_dir)[earlier:])
     print(f"index '{args.index_dir}': now {manifest.count} vectors, {manifest.skipped} items skipped in all")
     return 0
+
+
+def _print_skipped(items: list[dict[str, str]], limit: int = 20) -> None:
+    """Name each skipped item and its reason on stderr: the first `limit`, then how many more."""
+    for item in items[:limit]:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if len(items) > limit:
+        print(f"... and {len(items) - limit} more", file=sys.stderr)
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:

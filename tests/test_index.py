@@ -205,6 +205,35 @@ def test_undecodable_images_are_skipped_and_counted(tmp_path: Path, export: Path
     assert "broken.png" not in (tmp_path / "index" / "metadata.jsonl").read_text()
 
 
+def test_build_names_each_skipped_file_and_its_reason(
+    tmp_path: Path, export: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(demo_dir / "images" / "val", folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "index"
+    assert main(["index", "build", "--ckpt", str(export), "--images", str(folder), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "2 items skipped" in captured.out
+    lines = [line for line in captured.err.splitlines() if line.startswith("skipped ")]  # not the progress bars
+    assert lines == [
+        f"skipped {folder / 'broken.png'}: not an image format PIL can read",
+        f"skipped {folder / 'empty.jpg'}: not an image format PIL can read",
+    ]
+    recorded = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [Path(item["path"]).name for item in recorded] == ["broken.png", "empty.jpg"]
+    assert all(item["reason"] for item in recorded)
+
+
+def test_skipped_items_beyond_twenty_are_counted_not_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmd2v2.cli import _print_skipped
+
+    _print_skipped([{"path": f"f{i}.png", "reason": "empty"} for i in range(23)])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 21 and lines[0] == "skipped f0.png: empty" and lines[-1] == "... and 3 more"
+
+
 def test_add_appends_items(
     tmp_path: Path, export: Path, demo_dir: Path, captions: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

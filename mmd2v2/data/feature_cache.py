@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from mmd2v2.errors import MissingFileError, UserError
-from mmd2v2.files import write_text_atomic
+from mmd2v2.files import atomic_path, write_text_atomic
 
 FORMAT = 1
 PER_IMAGE = ("teacher_cls", "image_tokens")
@@ -85,10 +85,8 @@ class CachePlan:
 
 def write_shard(folder: Path, name: str, array: np.ndarray) -> None:
     """Write one .npy shard atomically (temporary name, then rename)."""
-    tmp = folder / f".{name}.tmp"
-    with tmp.open("wb") as handle:
+    with atomic_path(folder / name) as tmp, tmp.open("wb") as handle:
         np.save(handle, array)
-    tmp.replace(folder / name)
 
 
 def write_manifest(folder: Path, plan: CachePlan, skipped_images: int) -> None:

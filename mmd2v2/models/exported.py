@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from mmd2v2.config import Config, config_from_dict, config_to_dict, read_yaml
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.data.tokenization import load_tokenizer
 from mmd2v2.errors import DamagedFileError, MissingFileError, UserError, reading
-from mmd2v2.files import replace_folder
+from mmd2v2.files import atomic_folder
 from mmd2v2.models.dual_encoder import DualEncoder
 
 WEIGHTS = "model.safetensors"
@@ -66,30 +65,29 @@ def save_export(
 ) -> Path:
     """Write an inference folder atomically (temporary sibling, then rename); returns its path."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {
-        k: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-        if not k.startswith(TRAINING_ONLY_PREFIXES)
-    }
-    save_file(state, str(tmp / WEIGHTS))
-    (tmp / CONFIG).write_text(yaml.safe_dump(config_to_dict(_self_contained_config(model, config)), sort_keys=False))
-    tokenizer.save_pretrained(str(tmp / TOKENIZER))
-    (tmp / PREPROCESSING).write_text(json.dumps(preprocess.to_dict(), indent=2))
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("transformers", "mmd2v2"):
-        with contextlib.suppress(ImportError, AttributeError):
-            versions[package] = __import__(package).__version__
-    meta = {
-        "format": "mmd2v2-export-v1",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": versions,
-        **metadata,
-    }
-    (tmp / METADATA).write_text(json.dumps(meta, indent=2))
-    replace_folder(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+            if not k.startswith(TRAINING_ONLY_PREFIXES)
+        }
+        save_file(state, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(
+            yaml.safe_dump(config_to_dict(_self_contained_config(model, config)), sort_keys=False)
+        )
+        tokenizer.save_pretrained(str(tmp / TOKENIZER))
+        (tmp / PREPROCESSING).write_text(json.dumps(preprocess.to_dict(), indent=2))
+        versions = {"python": platform.python_version(), "torch": torch.__version__}
+        for package in ("transformers", "mmd2v2"):
+            with contextlib.suppress(ImportError, AttributeError):
+                versions[package] = __import__(package).__version__
+        meta = {
+            "format": "mmd2v2-export-v1",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": versions,
+            **metadata,
+        }
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2))
     return folder
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
 from mmd2v2.errors import UserError
-from mmd2v2.files import replace_folder
+from mmd2v2.files import atomic_folder
 
 
 def write_hf_folder(
@@ -26,10 +25,7 @@ def write_hf_folder(
     `model_class` loads every tensor from it (nothing missing, unexpected or mis-shaped), then rename it to `out`."""
     from safetensors.torch import save_file
 
-    tmp = out.with_name(f".{out.name}.converting")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out, "converting") as tmp:
         config.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
         if extra is not None:
@@ -47,8 +43,4 @@ def write_hf_folder(
                 f"checkpoint: converted {model_class.__name__} has {len(problems)} "
                 f"{kind.replace('_', ' ')} (first: {key})"
             )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, out)
     return out

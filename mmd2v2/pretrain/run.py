@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from mmd2v2.data.demo_scenes import write_demo_unpaired
 from mmd2v2.data.pairs import ResumableBatchSampler
 from mmd2v2.data.preprocessing import ImageFiles, ImagePreprocessor, collate_images
 from mmd2v2.data.tokenization import build_word_tokenizer, load_tokenizer
-from mmd2v2.files import replace_folder
+from mmd2v2.files import atomic_folder
 from mmd2v2.models.unimodal import load_hf_config, load_hf_model
 from mmd2v2.pretrain.config import PretrainConfig
 from mmd2v2.pretrain.data import CaptionCorpus, image_files, read_captions
@@ -250,28 +249,26 @@ def export_model(
 ) -> Path:
     """Write the pretrained encoder as an HF folder (+ tokenizer or image preprocessing, + pretrain.json), atomically."""
     final = output_dir / MODEL_DIR
-    tmp = output_dir / f".{MODEL_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder = encoder.float()
-    encoder.save_pretrained(tmp)
-    if data.tokenizer is not None:
-        data.tokenizer.save_pretrained(tmp)
-    if config.model.modality == "image":
-        size = int(encoder.config.image_size)
-        processor = {
-            "image_processor_type": "ViTImageProcessor",
-            "do_resize": True,
-            "size": {"height": size, "width": size},
-            "resample": 3,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": list(config.data.image_mean),
-            "image_std": list(config.data.image_std),
-        }
-        (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
-    (tmp / RESULT_FILE).write_text(json.dumps(result, indent=2))
-    replace_folder(tmp, final)
+    with atomic_folder(final) as tmp:
+        encoder = encoder.float()
+        encoder.save_pretrained(tmp)
+        if data.tokenizer is not None:
+            data.tokenizer.save_pretrained(tmp)
+        if config.model.modality == "image":
+            size = int(encoder.config.image_size)
+            processor = {
+                "image_processor_type": "ViTImageProcessor",
+                "do_resize": True,
+                "size": {"height": size, "width": size},
+                "resample": 3,
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": list(config.data.image_mean),
+                "image_std": list(config.data.image_std),
+            }
+            (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+        (tmp / RESULT_FILE).write_text(json.dumps(result, indent=2))
     return final
 
 

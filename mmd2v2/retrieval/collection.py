@@ -23,7 +23,7 @@ class Collection:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     sources: list[dict[str, str]] = field(default_factory=list)
-    skipped: int = 0  # empty caption lines and the like, dropped while reading
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"} of lines dropped while reading
 
 
 def add_image_folder(collection: Collection, folder: str | Path) -> None:
@@ -53,7 +53,7 @@ def add_text_file(collection: Collection, path: str | Path) -> None:
     collection.sources.append({"kind": "texts", "path": str(path.resolve())})
     for number, line in enumerate(lines, start=1):
         if not line.strip():
-            collection.skipped += 1
+            collection.skipped.append({"path": f"{path}:{number}", "reason": "empty caption"})
             continue
         if path.suffix.lower() != ".jsonl":
             collection.rows.append({"kind": "text", "text": line.strip()})
@@ -66,7 +66,7 @@ def add_text_file(collection: Collection, path: str | Path) -> None:
         if not isinstance(text, str):
             raise UserError(f"{path}:{number}: expected an object with a string field 'text'")
         if not text.strip():
-            collection.skipped += 1
+            collection.skipped.append({"path": f"{path}:{number}", "reason": "empty caption"})
             continue
         collection.rows.append(
             {"kind": "text", **{k: v for k, v in record.items() if k not in ("kind", "text")}, "text": text.strip()}

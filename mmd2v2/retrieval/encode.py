@@ -14,6 +14,7 @@ from tqdm import tqdm
 from mmd2v2.data.karpathy import ImageRecord
 from mmd2v2.data.preprocessing import image_batches, loader_workers
 from mmd2v2.errors import DamagedFileError, MissingFileError, UserError
+from mmd2v2.files import atomic_path
 from mmd2v2.models.exported import ExportedModel
 
 
@@ -88,16 +89,15 @@ def save_embeddings(embeddings: SplitEmbeddings, path: str | Path, info: dict[st
     """Write a split's embeddings to an .npz (no pickled objects) with `info` (checkpoint id, dataset, split)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(
-        tmp,
-        image_emb=embeddings.image_emb,
-        text_emb=embeddings.text_emb,
-        text_image_index=embeddings.text_image_index,
-        num_skipped=np.asarray(embeddings.num_skipped),
-        info=np.asarray(json.dumps(info)),
-    )
-    tmp.replace(path)
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:  # a handle: np.savez adds no .npz suffix to it
+        np.savez(
+            handle,
+            image_emb=embeddings.image_emb,
+            text_emb=embeddings.text_emb,
+            text_image_index=embeddings.text_image_index,
+            num_skipped=np.asarray(embeddings.num_skipped),
+            info=np.asarray(json.dumps(info)),
+        )
     return path
 
 

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mmd2v2.data.images import undecodable_reason
 from mmd2v2.errors import BusyError, DamagedFileError, ExistingFileError, UserError
+from mmd2v2.files import atomic_path, write_text_atomic
 from mmd2v2.models.exported import ExportedModel
 from mmd2v2.retrieval.collection import Collection, image_path
 from mmd2v2.retrieval.encode import encode_image_files, encode_texts
@@ -31,6 +33,7 @@ from mmd2v2.retrieval.index_store import (
     checkpoint_id,
     choose_index_type,
     default_search_params,
+    read_skipped,
     write_index_folder,
 )
 
@@ -52,17 +55,23 @@ class BuildOptions:
 
 def encode_rows(
     bundle: ExportedModel, rows: list[dict[str, Any]], sources: list[dict[str, str]], batch_size: int
-) -> tuple[np.ndarray, list[dict[str, Any]], int]:
-    """Embeddings of the rows that could be read (images decoded, texts tokenised), those rows, and the skip count."""
+) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, str]]]:
+    """Embeddings of the rows that could be read (images decoded, texts tokenised), those rows, and the skipped
+    images with the reason each failed."""
     images = [r for r in rows if r["kind"] == "image"]
     texts = [r for r in rows if r["kind"] == "text"]
-    image_emb, positions = encode_image_files(bundle, [image_path(r, sources) for r in images], batch_size)
+    paths = [image_path(r, sources) for r in images]
+    image_emb, positions = encode_image_files(bundle, paths, batch_size)
     vectors, kept = [image_emb], [images[i] for i in positions]
+    decoded = set(positions)
+    skipped = [
+        {"path": str(path), "reason": undecodable_reason(path)} for i, path in enumerate(paths) if i not in decoded
+    ]
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
         vectors.append(encode_texts(bundle, [r["text"] for r in chunk]).float().cpu().numpy())
         kept.extend(chunk)
-    return np.concatenate(vectors), kept, len(images) - len(positions)
+    return np.concatenate(vectors), kept, skipped
 
 
 def _rank_world() -> tuple[int, int]:
@@ -78,15 +87,12 @@ def _encode_shard(bundle: ExportedModel, collection: Collection, work: Path, sha
     rows = collection.rows[shard * options.shard_size : (shard + 1) * options.shard_size]
     vectors, kept, skipped = encode_rows(bundle, rows, collection.sources, options.batch_size)
     npy, jsonl = _shard_paths(work, shard)
-    tmp_meta = jsonl.with_suffix(f".jsonl.tmp{os.getpid()}")
-    with open(tmp_meta, "w", encoding="utf-8") as out:
+    with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as out:
         out.write(json.dumps({"skipped": skipped}) + "\n")
         for row in kept:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp_meta.replace(jsonl)
-    tmp_npy = npy.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp_npy, vectors)
-    tmp_npy.replace(npy)
+    with atomic_path(npy) as tmp, tmp.open("wb") as handle:
+        np.save(handle, vectors)
 
 
 def _plan(bundle_dir: Path, model_id: str, collection: Collection, options: BuildOptions) -> dict[str, Any]:
@@ -105,9 +111,7 @@ def _prepare_work_dir(out: Path, plan: dict[str, Any]) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     plan_path = work / PLAN_FILE
     if not plan_path.exists():  # every rank writes the same plan; whichever rename lands last is identical
-        tmp = plan_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(plan, indent=2))
-        tmp.replace(plan_path)
+        write_text_atomic(plan_path, json.dumps(plan, indent=2))
     if json.loads(plan_path.read_text()) != plan:
         raise UserError(
             f"'{work}' holds an unfinished build of another model or collection; delete it or use a new --out"
@@ -162,20 +166,20 @@ def build_index(
         index_type=index_type,
         search_params=default_search_params(index_type),
         sources=collection.sources,
-        skipped=skipped + collection.skipped,
+        skipped=len(skipped) + len(collection.skipped),
         build_seconds=round(time.perf_counter() - start, 2),
     )
-    write_index_folder(out, index, rows, manifest)
+    write_index_folder(out, index, rows, manifest, skipped + collection.skipped)
     shutil.rmtree(work)
     return manifest
 
 
-def _read_shards(work: Path, num_shards: int) -> tuple[np.ndarray, list[dict[str, Any]], int]:
-    vectors, rows, skipped = [], [], 0
+def _read_shards(work: Path, num_shards: int) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, str]]]:
+    vectors, rows, skipped = [], [], []
     for shard in range(num_shards):
         npy, jsonl = _shard_paths(work, shard)
         lines = jsonl.read_text(encoding="utf-8").splitlines()
-        skipped += json.loads(lines[0])["skipped"]
+        skipped.extend(json.loads(lines[0])["skipped"])
         shard_rows = [json.loads(line) for line in lines[1:]]
         shard_vectors = np.load(npy, allow_pickle=False)
         if len(shard_vectors) != len(shard_rows):
@@ -210,7 +214,7 @@ def add_to_index(
     opened.index.add(vectors)
     manifest = opened.manifest
     manifest.count, manifest.sources = len(rows) + len(kept), sources
-    manifest.skipped += skipped + collection.skipped
+    manifest.skipped += len(skipped) + len(collection.skipped)
     manifest.build_seconds = round(manifest.build_seconds + time.perf_counter() - start, 2)
-    write_index_folder(folder, opened.index, rows + kept, manifest)
+    write_index_folder(folder, opened.index, rows + kept, manifest, read_skipped(folder) + skipped + collection.skipped)
     return manifest

@@ -3,6 +3,7 @@
 INDEX_DIR/index.faiss     the FAISS index (inner product over L2-normalised embeddings)
 INDEX_DIR/metadata.jsonl  one JSON row per vector, in id order (kind, path or text, fields)
 INDEX_DIR/manifest.json   checkpoint path and id, dimension, metric, count, index type, search parameters
+INDEX_DIR/skipped.jsonl   one JSON row per item left out ({"path": ..., "reason": ...}); absent in older folders
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from mmd2v2.errors import DamagedFileError, MissingFileError, UserError
-from mmd2v2.files import replace_folder
+from mmd2v2.files import atomic_folder
 
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.jsonl"
 MANIFEST_FILE = "manifest.json"
+SKIPPED_FILE = "skipped.jsonl"
 FORMAT = "mmd2v2-index-v1"
 KIND_PREFIX = '{"kind": "'  # metadata rows start with their kind
 EXACT_LIMIT = 100_000  # below this many vectors an exact (flat) index is both fast and small
@@ -127,24 +129,39 @@ def apply_search_params(index: Any, params: dict[str, int]) -> None:
         faiss.downcast_index(index).k_factor = params["k_factor"]
 
 
-def write_index_folder(folder: Path, index: Any, rows: list[dict[str, Any]], manifest: IndexManifest) -> None:
-    """Write index, metadata and manifest into a temporary sibling, then rename it to `folder` (replacing it)."""
+def write_index_folder(
+    folder: Path,
+    index: Any,
+    rows: list[dict[str, Any]],
+    manifest: IndexManifest,
+    skipped: Sequence[dict[str, str]] = (),
+) -> None:
+    """Write index, metadata, skipped items and manifest into a temporary sibling, then rename it to `folder`
+    (replacing it)."""
     import faiss
 
     if index.ntotal != len(rows) or manifest.count != len(rows):
         raise ValueError(
             f"internal: {index.ntotal} vectors, {len(rows)} metadata rows, manifest count {manifest.count}"
         )
-    tmp = folder.with_name(f".{folder.name}.writing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    faiss.write_index(index, str(tmp / INDEX_FILE))
-    with open(tmp / METADATA_FILE, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
-    replace_folder(tmp, folder)
+    with atomic_folder(folder, "writing") as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        with open(tmp / METADATA_FILE, "w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with open(tmp / SKIPPED_FILE, "w", encoding="utf-8") as out:
+            for item in skipped:
+                out.write(json.dumps(item, ensure_ascii=False) + "\n")
+        manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
+
+
+def read_skipped(folder: Path) -> list[dict[str, str]]:
+    """The items an index folder left out, each with its path and reason ([] for folders written before)."""
+    path = folder / SKIPPED_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class SearchHit:

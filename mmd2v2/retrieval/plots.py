@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmd2v2.files import atomic_path
+
 
 def plot_recall_curve(curve: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
     """Write a PNG of recall@k against k for both directions (from `recall_curve`); returns its path."""
@@ -26,8 +28,7 @@ def plot_recall_curve(curve: dict[str, np.ndarray], path: str | Path, title: str
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
     plt.close(figure)
-    tmp.replace(path)
     return path

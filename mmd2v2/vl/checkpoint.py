@@ -4,7 +4,6 @@ safetensors, and a JSON of the task (name, classes) and metrics. Written to a te
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.errors import MissingFileError
-from mmd2v2.files import replace_folder
+from mmd2v2.files import atomic_folder
 from mmd2v2.models.exported import load_export, save_export
 from mmd2v2.vl.student import StudentParts, VLStudent
 
@@ -23,15 +22,12 @@ BACKBONE, HEAD, TASK = "backbone", "head.safetensors", "task.json"
 def save_vl_model(student: VLStudent, parts: StudentParts, folder: str | Path, task: dict[str, Any]) -> Path:
     """Write the finetuned student (backbone export + task head + task.json) to `folder` atomically."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_export(
-        student.backbone, parts.config, parts.tokenizer, parts.preprocess, tmp / BACKBONE, {"vl_task": task["name"]}
-    )
-    save_file({k: v.detach().cpu().contiguous() for k, v in student.head.state_dict().items()}, str(tmp / HEAD))
-    (tmp / TASK).write_text(json.dumps(task, indent=2))
-    replace_folder(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        save_export(
+            student.backbone, parts.config, parts.tokenizer, parts.preprocess, tmp / BACKBONE, {"vl_task": task["name"]}
+        )
+        save_file({k: v.detach().cpu().contiguous() for k, v in student.head.state_dict().items()}, str(tmp / HEAD))
+        (tmp / TASK).write_text(json.dumps(task, indent=2))
     return folder
 
 

@@ -12,7 +12,6 @@ shapes share its colour). Files are VQA v2 questions/annotations JSON, SNLI-VE J
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from mmd2v2.data.demo_scenes import (
     render,
 )
 from mmd2v2.errors import ExistingFileError
-from mmd2v2.files import replace_folder
+from mmd2v2.files import atomic_folder
 
 DEMO_VERSION = 3
 SPLITS = ("train", "val")
@@ -239,11 +238,8 @@ def write_vl_demo(
         return root
     if root.exists() and any(root.iterdir()) and not manifest_path.is_file():
         raise ExistingFileError(f"'{root}' is not empty and holds no VL demo: refusing to replace it")
-    tmp = root.with_name(f".{root.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, count in zip(SPLITS, (num_train, num_val), strict=True):
-        _write_split(tmp, split, count, seed, image_size)
-    (tmp / "vl_demo_manifest.json").write_text(json.dumps(manifest))
-    replace_folder(tmp, root)
+    with atomic_folder(root) as tmp:
+        for split, count in zip(SPLITS, (num_train, num_val), strict=True):
+            _write_split(tmp, split, count, seed, image_size)
+        (tmp / "vl_demo_manifest.json").write_text(json.dumps(manifest))
     return root

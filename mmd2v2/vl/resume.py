@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from mmd2v2.errors import DamagedFileError, UserError
-from mmd2v2.files import replace_folder
+from mmd2v2.files import atomic_folder
 
 RESUME, STUDENT, STATE, POSITION = "resume", "student.safetensors", "state.pt", "position.json"
 
@@ -56,22 +56,19 @@ def save_run_state(
     pass_rng: torch.Tensor,
 ) -> None:
     """Write RUN/resume/ (temporary folder, then renamed)."""
-    tmp = run / f".{RESUME}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(student, str(tmp / STUDENT))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng,
-            "objective_rng": objective_rng,
-            "pass_rng": pass_rng,
-        },
-        tmp / STATE,
-    )
-    (tmp / POSITION).write_text(json.dumps(asdict(position)))
-    replace_folder(tmp, run / RESUME)
+    with atomic_folder(run / RESUME) as tmp:
+        save_model(student, str(tmp / STUDENT))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+                "objective_rng": objective_rng,
+                "pass_rng": pass_rng,
+            },
+            tmp / STATE,
+        )
+        (tmp / POSITION).write_text(json.dumps(asdict(position)))
 
 
 def load_run_state(run: Path, student: torch.nn.Module) -> SavedRun | None:
