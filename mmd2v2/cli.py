@@ -216,7 +216,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_index(args: argparse.Namespace) -> int:
     """Build, extend or describe an index folder."""
-    from mmd2v2.retrieval.index_store import SKIPPED_FILE, IndexFolder, read_skipped
+    from mmd2v2.retrieval.index_store import IndexFolder, read_manifest
 
     if args.action == "info":
         opened = IndexFolder(args.index_dir)
@@ -236,17 +236,16 @@ def run_index(args: argparse.Namespace) -> int:
         options = BuildOptions(args.index_type, args.memory_budget_gb, args.shard_size, args.batch_size, args.overwrite)
         manifest = build_index(load_export(folder, args.device), folder, collection, args.out, options)
         if manifest is not None:
-            _print_skipped(read_skipped(args.out))
+            _print_skipped(manifest.skipped_items)
             print(
                 f"index '{args.out}': {manifest.count} vectors ({manifest.dim}-d, {manifest.index_type}), "
-                f"{manifest.skipped} items skipped (listed in {args.out / SKIPPED_FILE}), "
-                f"{manifest.build_seconds:.1f} s"
+                f"{manifest.skipped} items skipped, {manifest.build_seconds:.1f} s"
             )
         return 0
     folder = resolve_export(args.ckpt or Path(IndexFolder(args.index_dir).manifest.checkpoint))
-    earlier = len(read_skipped(args.index_dir))
+    earlier = len(read_manifest(args.index_dir).skipped_items)
     manifest = add_to_index(load_export(folder, args.device), folder, args.index_dir, collection, args.batch_size)
-    _print_skipped(read_skipped(args.index_dir)[earlier:])
+    _print_skipped(manifest.skipped_items[earlier:])
     print(f"index '{args.index_dir}': now {manifest.count} vectors, {manifest.skipped} items skipped in all")
     return 0
 

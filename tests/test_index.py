@@ -221,7 +221,7 @@ def test_build_names_each_skipped_file_and_its_reason(
         f"skipped {folder / 'broken.png'}: not an image format PIL can read",
         f"skipped {folder / 'empty.jpg'}: not an image format PIL can read",
     ]
-    recorded = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    recorded = IndexFolder(out).manifest.skipped_items
     assert [Path(item["path"]).name for item in recorded] == ["broken.png", "empty.jpg"]
     assert all(item["reason"] for item in recorded)
 

@@ -33,7 +33,6 @@ from mmd2v2.retrieval.index_store import (
     checkpoint_id,
     choose_index_type,
     default_search_params,
-    read_skipped,
     write_index_folder,
 )
 
@@ -167,9 +166,10 @@ def build_index(
         search_params=default_search_params(index_type),
         sources=collection.sources,
         skipped=len(skipped) + len(collection.skipped),
+        skipped_items=skipped + collection.skipped,
         build_seconds=round(time.perf_counter() - start, 2),
     )
-    write_index_folder(out, index, rows, manifest, skipped + collection.skipped)
+    write_index_folder(out, index, rows, manifest)
     shutil.rmtree(work)
     return manifest
 
@@ -215,6 +215,7 @@ def add_to_index(
     manifest = opened.manifest
     manifest.count, manifest.sources = len(rows) + len(kept), sources
     manifest.skipped += len(skipped) + len(collection.skipped)
+    manifest.skipped_items += skipped + collection.skipped
     manifest.build_seconds = round(manifest.build_seconds + time.perf_counter() - start, 2)
-    write_index_folder(folder, opened.index, rows + kept, manifest, read_skipped(folder) + skipped + collection.skipped)
+    write_index_folder(folder, opened.index, rows + kept, manifest)
     return manifest

@@ -2,8 +2,8 @@
 
 INDEX_DIR/index.faiss     the FAISS index (inner product over L2-normalised embeddings)
 INDEX_DIR/metadata.jsonl  one JSON row per vector, in id order (kind, path or text, fields)
-INDEX_DIR/manifest.json   checkpoint path and id, dimension, metric, count, index type, search parameters
-INDEX_DIR/skipped.jsonl   one JSON row per item left out ({"path": ..., "reason": ...}); absent in older folders
+INDEX_DIR/manifest.json   checkpoint path and id, dimension, metric, count, index type, search parameters, the items
+                          left out (path and reason of each)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from mmd2v2.files import atomic_folder
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.jsonl"
 MANIFEST_FILE = "manifest.json"
-SKIPPED_FILE = "skipped.jsonl"
 FORMAT = "mmd2v2-index-v1"
 KIND_PREFIX = '{"kind": "'  # metadata rows start with their kind
 EXACT_LIMIT = 100_000  # below this many vectors an exact (flat) index is both fast and small
@@ -45,6 +43,7 @@ class IndexManifest:
     search_params: dict[str, int] = field(default_factory=dict)  # nprobe (IVF), efSearch (HNSW)
     sources: list[dict[str, str]] = field(default_factory=list)
     skipped: int = 0  # items that could not be read or decoded
+    skipped_items: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"} of each skipped item
     build_seconds: float = 0.0
     created: str = ""
     format: str = FORMAT
@@ -129,15 +128,8 @@ def apply_search_params(index: Any, params: dict[str, int]) -> None:
         faiss.downcast_index(index).k_factor = params["k_factor"]
 
 
-def write_index_folder(
-    folder: Path,
-    index: Any,
-    rows: list[dict[str, Any]],
-    manifest: IndexManifest,
-    skipped: Sequence[dict[str, str]] = (),
-) -> None:
-    """Write index, metadata, skipped items and manifest into a temporary sibling, then rename it to `folder`
-    (replacing it)."""
+def write_index_folder(folder: Path, index: Any, rows: list[dict[str, Any]], manifest: IndexManifest) -> None:
+    """Write index, metadata and manifest into a temporary sibling, then rename it to `folder` (replacing it)."""
     import faiss
 
     if index.ntotal != len(rows) or manifest.count != len(rows):
@@ -149,19 +141,22 @@ def write_index_folder(
         with open(tmp / METADATA_FILE, "w", encoding="utf-8") as out:
             for row in rows:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        with open(tmp / SKIPPED_FILE, "w", encoding="utf-8") as out:
-            for item in skipped:
-                out.write(json.dumps(item, ensure_ascii=False) + "\n")
         manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
         (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
 
 
-def read_skipped(folder: Path) -> list[dict[str, str]]:
-    """The items an index folder left out, each with its path and reason ([] for folders written before)."""
-    path = folder / SKIPPED_FILE
+def read_manifest(folder: Path) -> IndexManifest:
+    """The manifest of an index folder (one-line errors when it is missing or not a manifest)."""
+    path = folder / MANIFEST_FILE
     if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise MissingFileError(f"{folder}: missing '{MANIFEST_FILE}' (not a complete mmd2v2 index folder)")
+    try:
+        manifest = IndexManifest(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise DamagedFileError(f"{path}: not a valid manifest ({error})") from None
+    if manifest.format != FORMAT:
+        raise DamagedFileError(f"{path}: format '{manifest.format}', expected '{FORMAT}'")
+    return manifest
 
 
 class SearchHit:
@@ -213,15 +208,7 @@ class IndexFolder:
         for name in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
             if not (self.folder / name).is_file():
                 raise MissingFileError(f"{self.folder}: missing '{name}' (not a complete mmd2v2 index folder)")
-        try:
-            raw = json.loads((self.folder / MANIFEST_FILE).read_text())
-            self.manifest = IndexManifest(**raw)
-        except (json.JSONDecodeError, TypeError) as error:
-            raise DamagedFileError(f"{self.folder / MANIFEST_FILE}: not a valid manifest ({error})") from None
-        if self.manifest.format != FORMAT:
-            raise DamagedFileError(
-                f"{self.folder / MANIFEST_FILE}: format '{self.manifest.format}', expected '{FORMAT}'"
-            )
+        self.manifest = read_manifest(self.folder)
         try:
             self.index = faiss.read_index(str(self.folder / INDEX_FILE))
         except RuntimeError:
