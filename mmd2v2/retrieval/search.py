@@ -15,9 +15,16 @@ from mmd2v2.retrieval.index_store import IndexFolder, SearchHit, checkpoint_id
 
 
 class Searcher:
-    """An index folder plus the model whose embeddings it holds (checked to be the same model)."""
+    """An index folder plus the model whose embeddings it holds (checked to be the same model); `bundle`: that model
+    already loaded from `ckpt`."""
 
-    def __init__(self, index_dir: str | Path, ckpt: str | Path | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        index_dir: str | Path,
+        ckpt: str | Path | None = None,
+        device: str = "cpu",
+        bundle: ExportedModel | None = None,
+    ) -> None:
         self.index = IndexFolder(index_dir)
         folder = Path(ckpt) if ckpt is not None else Path(self.index.manifest.checkpoint)
         folder = folder / "export" if (folder / "export").is_dir() else folder
@@ -26,7 +33,7 @@ class Searcher:
                 f"checkpoint '{folder}' does not exist (the index was built with "
                 f"'{self.index.manifest.checkpoint}'; pass --ckpt)"
             )
-        self.bundle: ExportedModel = load_export(folder, device)
+        self.bundle: ExportedModel = bundle if bundle is not None else load_export(folder, device)
         self.index.check_queries(self.bundle.config.model.embed_dim, checkpoint_id(folder))
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:
