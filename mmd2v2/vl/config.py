@@ -35,7 +35,7 @@ class SplitFiles:
 class TaskConfig:
     """Which VL task and where its data is."""
 
-    name: Literal["vqa", "snli_ve", "vcr"] = "vqa"
+    name: str = "vqa"  # a registered task (mmd2v2.vl.tasks): vqa, snli_ve, vcr
     train: SplitFiles = field(default_factory=SplitFiles)
     val: SplitFiles = field(default_factory=SplitFiles)
     image_pattern: str = ""  # "" = the task's standard file names; fields {image_id} and (VQA) {subtype}
@@ -162,6 +162,12 @@ class VLConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def __post_init__(self) -> None:
+        from mmd2v2.vl.tasks import get_task  # here, not above: the task modules import this one
+
+        try:
+            get_task(self.task.name)
+        except ValueError as error:
+            raise ConfigError(f"config key 'task.name': {error}") from None
         if self.distill.num_tokens < 1:
             raise ConfigError(f"config key 'distill.num_tokens': got {self.distill.num_tokens}, expected >= 1")
         if not 0 < self.adaptive.mlm_probability < 1:
