@@ -48,27 +48,6 @@ class ZeroShotScorer:
         return self.task.definition.zero_shot_logits(self, batch)
 
 
-def collect_similarities(
-    scorer: ZeroShotScorer,
-    examples: list[VLExample],
-    preprocess: ImagePreprocessor,
-    collator: BatchCollator,
-    batch_size: int,
-    progress: bool,
-    workers: int = 0,
-) -> Tensor:
-    """Image-text cosine of every text of `examples`, in order."""
-    out = []
-    for batch in tqdm(
-        example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
-        desc="similarities",
-        disable=not progress,
-    ):
-        if batch.examples:
-            out.append(scorer.similarities(batch).cpu())
-    return torch.cat(out)
-
-
 def prepare_scorer(
     scorer: ZeroShotScorer,
     examples: list[VLExample],
@@ -78,9 +57,18 @@ def prepare_scorer(
     progress: bool,
     workers: int = 0,
 ) -> None:
-    """Fit what the task's zero-shot logits need (SNLI-VE: anchors) on the similarities of `examples`."""
-    if scorer.task.definition.fits_zero_shot_anchors:
-        scorer.fit_anchors(collect_similarities(scorer, examples, preprocess, collator, batch_size, progress, workers))
+    """Fit what the task's zero-shot logits need (SNLI-VE: anchors) on the image-text cosines of `examples`."""
+    if not scorer.task.definition.fits_zero_shot_anchors:
+        return
+    similarities = []
+    for batch in tqdm(
+        example_loader(examples, preprocess, collator, batch_size, False, 0, workers=workers),
+        desc="similarities",
+        disable=not progress,
+    ):
+        if batch.examples:
+            similarities.append(scorer.similarities(batch).cpu())
+    scorer.fit_anchors(torch.cat(similarities))
 
 
 def zero_shot_evaluate(
