@@ -186,6 +186,34 @@ def test_student_embeddings_are_normalised_and_padding_invariant() -> None:
     assert output.distill is not None and output.distill.shape == (3, 24)
 
 
+@pytest.mark.parametrize(("center_tokens", "projection"), [(False, True), (True, True), (False, False)])
+def test_token_outputs_are_what_the_embeddings_are_made_of(center_tokens: bool, projection: bool) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        image=EncoderConfig(family="vit", config=TINY_VISION),
+        text=EncoderConfig(family="bert", config=TINY_TEXT),
+        shared=SharedConfig(depth=2, width=48, heads=4, layer_scale_init=0.2),
+        embed_dim=16 if projection else 48,
+        projection=projection,
+        center_tokens=center_tokens,
+    )
+    model = DualEncoder(cfg).eval()
+    assert (model.width, model.embed_dim) == (48, cfg.embed_dim)
+    pixels, text = _inputs("image")["pixel_values"], _inputs("text")
+    with torch.no_grad():
+        image_tokens = model.image_tokens(pixels)
+        text_tokens, padding = model.text_tokens(text["input_ids"], text["attention_mask"])
+    assert image_tokens.shape == (2, 1 + (32 // 8) ** 2, 48) and text_tokens.shape == (2, 7, 48)
+    assert padding.tolist() == (text["attention_mask"] == 0).tolist()
+    torch.testing.assert_close(model.embed(image_tokens[:, 0]), model.encode_images(pixels))
+    torch.testing.assert_close(model.embed(text_tokens[:, 0]), model.encode_texts(**text))
+    with torch.no_grad():  # in two steps: the inputs of the shared blocks, then their outputs
+        inputs, same_padding = model.text_inputs(text["input_ids"], text["attention_mask"])
+        torch.testing.assert_close(model.shared_outputs(inputs, same_padding), text_tokens)
+        uncentred = model.image_inputs(pixels, centre=False)
+    assert torch.equal(uncentred, model.image_inputs(pixels)) != center_tokens
+
+
 def test_teacher_is_frozen_and_always_in_eval_mode() -> None:
     teacher = ImageTeacher(
         TeacherConfig(family="beit", config={**TINY_VISION, "drop_path_rate": 0.5, "use_mean_pooling": False})
