@@ -11,7 +11,7 @@ from conftest import TINY_TEXT, TINY_VISION
 from transformers import AutoConfig, AutoModel
 
 from mmd2v2.config import ConfigError, EncoderConfig, ModelConfig, SharedConfig, TeacherConfig, load_config
-from mmd2v2.models.dual_encoder import DualEncoder
+from mmd2v2.models.dual_encoder import IMAGE, DualEncoder
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.models.unimodal import FAMILIES, UnimodalEncoder, block_list
 from mmd2v2.train.preflight import check_run_config
@@ -210,7 +210,7 @@ def test_token_outputs_are_what_the_embeddings_are_made_of(center_tokens: bool, 
     with torch.no_grad():  # in two steps: the inputs of the shared blocks, then their outputs
         inputs, same_padding = model.text_inputs(text["input_ids"], text["attention_mask"])
         torch.testing.assert_close(model.shared_outputs(inputs, same_padding), text_tokens)
-        uncentred = model.image_inputs(pixels, centre=False)
+        uncentred = model.add_modality(model.image_in(model.image_encoder(pixels)), IMAGE)
     assert torch.equal(uncentred, model.image_inputs(pixels)) != center_tokens
 
 

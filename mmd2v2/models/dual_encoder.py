@@ -88,28 +88,28 @@ class DualEncoder(nn.Module):
         """Width of the embeddings."""
         return self.projection.out_features if isinstance(self.projection, nn.Linear) else self.width
 
-    def _shared_input(self, tokens: Tensor, modality: int, key_padding: Tensor | None, centre: bool) -> Tensor:
-        """One modality's tokens (B, T, width) as the shared blocks take them: centred (with model.center_tokens,
-        unless `centre` is false), plus the modality embedding."""
-        if centre and self.center_tokens:
+    def _shared_input(self, tokens: Tensor, modality: int, key_padding: Tensor | None) -> Tensor:
+        """One modality's tokens (B, T, width) as the shared blocks take them: centred (with model.center_tokens),
+        plus the modality embedding."""
+        if self.center_tokens:
             tokens = centred(tokens, key_padding)
         return self.add_modality(tokens, modality)
 
     def _shared_cls(self, tokens: Tensor, modality: int, key_padding: Tensor | None) -> Tensor:
         """Shared blocks over one modality's tokens; returns the CLS output (B, width)."""
-        return self.shared(self._shared_input(tokens, modality, key_padding, True), key_padding)[:, 0]
+        return self.shared(self._shared_input(tokens, modality, key_padding), key_padding)[:, 0]
 
-    def image_inputs(self, pixel_values: Tensor, centre: bool = True) -> Tensor:
+    def image_inputs(self, pixel_values: Tensor) -> Tensor:
         """Image tokens (B, 1 + P, width) as the shared blocks take them: the image encoder's output in the shared
-        width, centred (with model.center_tokens, unless `centre` is false), plus the image modality embedding."""
-        return self._shared_input(self.image_in(self.image_encoder(pixel_values)), IMAGE, None, centre)
+        width, centred (with model.center_tokens), plus the image modality embedding."""
+        return self._shared_input(self.image_in(self.image_encoder(pixel_values)), IMAGE, None)
 
-    def text_inputs(self, input_ids: Tensor, attention_mask: Tensor, centre: bool = True) -> tuple[Tensor, Tensor]:
+    def text_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Text tokens (B, L, width) as the shared blocks take them (as `image_inputs`), and the key padding
         (B, L), True at padding."""
         padding = attention_mask == 0
         hidden = self.text_in(self.text_encoder(input_ids, attention_mask))
-        return self._shared_input(hidden, TEXT, padding, centre), padding
+        return self._shared_input(hidden, TEXT, padding), padding
 
     def shared_outputs(self, tokens: Tensor, key_padding: Tensor | None) -> Tensor:
         """The shared blocks' per-token outputs (B, T, width) over `tokens` (one modality's or a joint sequence)."""

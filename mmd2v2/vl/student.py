@@ -85,11 +85,11 @@ class VLStudent(nn.Module):
     ) -> JointOutput:
         """Encode B images once and N texts; text row i attends jointly with image `image_index[i]`.
 
-        The joint sequence is not centred, whatever the backbone's model.center_tokens (which centres each modality
-        on its own for retrieval): the finetuning results in docs/vl.md were measured so."""
+        Each modality's tokens enter as the backbone's retrieval training fed them to the shared blocks: centred on
+        their own where it was trained with model.center_tokens, else as they are."""
         backbone = self.backbone
-        image = backbone.image_inputs(pixel_values, centre=False)[image_index]
-        text, text_padding = backbone.text_inputs(input_ids, attention_mask, centre=False)
+        image = backbone.image_inputs(pixel_values)[image_index]
+        text, text_padding = backbone.text_inputs(input_ids, attention_mask)
         padding = torch.cat([text_padding, torch.zeros(image.shape[:2], dtype=torch.bool, device=image.device)], 1)
         joint = backbone.shared_outputs(torch.cat([text, image.to(text.dtype)], 1), padding)
         return JointOutput(joint, input_ids.shape[1])
