@@ -30,9 +30,7 @@ from mmd2v2.data.karpathy import load_karpathy_split  # noqa: E402
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator  # noqa: E402
 from mmd2v2.data.preprocessing import resolve_image_preprocessing  # noqa: E402
 from mmd2v2.data.tokenization import prepare_tokenizer  # noqa: E402
-from mmd2v2.losses.objective import MMD2V2Objective  # noqa: E402
-from mmd2v2.models.dual_encoder import DualEncoder  # noqa: E402
-from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
+from mmd2v2.train.parts import build_parts  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -64,9 +62,8 @@ def measure(config: Config, data_dir: Path, repeats: int) -> dict[str, float]:
 
     batch = load()
     torch.manual_seed(config.trainer.seed)
-    teacher = ImageTeacher(config.teacher) if config.teacher.enabled and config.loss.kd_weight > 0 else None
-    student = DualEncoder(config.model, teacher_dim=teacher.dim if teacher else None).train()
-    objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher.dim if teacher else None)
+    parts = build_parts(config)
+    teacher, student, objective = parts.teacher, parts.student.train(), parts.objective
     optimizer = torch.optim.AdamW([*student.parameters(), *objective.parameters()], lr=config.optim.lr)
 
     def image_branch() -> None:

@@ -32,13 +32,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmd2v2.config import Config, load_config  # noqa: E402
-from mmd2v2.losses.objective import MMD2V2Objective  # noqa: E402
 from mmd2v2.models.dual_encoder import DualEncoder  # noqa: E402
 from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
-from mmd2v2.runtime.engine import create_engine, ensure_distributed_env  # noqa: E402
+from mmd2v2.runtime.engine import ensure_distributed_env  # noqa: E402
 from mmd2v2.runtime.precision import resolved_precision  # noqa: E402
 from mmd2v2.train.feature_cache import encoder_tokens  # noqa: E402
-from mmd2v2.train.loop import TrainingModule  # noqa: E402
+from mmd2v2.train.parts import build_engine, build_parts, train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}  # dense, no sparsity
@@ -138,27 +137,17 @@ def measure(setup: Setup, cached: bool, steps: int, warmup: int, device: torch.d
     """Median step time, samples/s, counted FLOPs per sample and peak device memory of one variant."""
     config = setup.config
     torch.manual_seed(0)
-    teacher = ImageTeacher(config.teacher) if config.teacher.enabled and config.loss.kd_weight > 0 else None
-    student = DualEncoder(config.model, teacher_dim=teacher.dim if teacher else None)
-    objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher.dim if teacher else None)
-    engine = create_engine(TrainingModule(student, objective, config.trainer.micro_batch_size), config, 10**6)
+    parts = build_parts(config)
+    engine = build_engine(config, parts.student, parts.objective, parts.teacher, 10**6)
     dtype = next(engine.module.parameters()).dtype
-    if teacher is not None:
-        teacher.to(device)
-        teacher.autocast_dtype = torch.bfloat16 if resolved_precision(config.deepspeed.precision) == "bf16" else None
-    host = synthetic_batch(config, teacher, engine.module.student, cached, device)
+    host = synthetic_batch(config, parts.teacher, engine.module.student, cached, device)
 
-    def step(engine: Any = engine, teacher: ImageTeacher | None = teacher) -> None:
+    def step(engine: Any = engine, teacher: ImageTeacher | None = parts.teacher) -> None:
         batch = {
             k: v.to(device, dtype=dtype if v.is_floating_point() else v.dtype, non_blocking=True)
             for k, v in host.items()
         }
-        teacher_cls = batch.pop("teacher_cls", None)
-        if teacher_cls is None and teacher is not None:
-            teacher_cls = teacher(batch["pixel_values"])
-        terms = engine(**batch, teacher_cls=teacher_cls)
-        engine.backward(terms["loss"])
-        engine.step()
+        train_step(engine, teacher, batch)
 
     for _ in range(warmup):
         step()
@@ -182,7 +171,7 @@ def measure(setup: Setup, cached: bool, steps: int, warmup: int, device: torch.d
         "gflops_sample": counter.get_total_flops() / batch / 1e9,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
     }
-    del step, engine, teacher, student, objective
+    del step, engine, parts
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

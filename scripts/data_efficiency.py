@@ -29,6 +29,17 @@ PRETRAINED = {
     "teacher": "data/pretrained/demo_teacher",
 }
 UNFROZEN_TOP = ["model.image.unfreeze_top=1", "model.text.unfreeze_top=1", "cache.encoders=false"]
+# demo_pretrained.yaml with nothing frozen and no distillation; with RANDOM_SAME_ARCH the encoders start from random
+# weights of the same architectures as the pretrained ones, so the two rows differ only in the initial weights
+FULL_FINETUNE = ("model.image.freeze=false", "model.text.freeze=false", "cache.encoders=false", "loss.kd_weight=0")
+RANDOM_SAME_ARCH = (
+    "model.image.pretrained=null",
+    "model.image.config={image_size: 64, patch_size: 16, hidden_size: 128, num_hidden_layers: 4, "
+    "num_attention_heads: 4, intermediate_size: 256}",
+    "model.text.pretrained=null",
+    "model.text.config={hidden_size: 128, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 384, "
+    "max_position_embeddings: 40, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,13 @@ VARIANTS = {
     v.name: v
     for v in (
         Variant("random", "random init (configs/demo.yaml)", "configs/demo.yaml", ()),
+        Variant(
+            "random_same",
+            "random init, the pretrained architectures, all trained",
+            "configs/demo_pretrained.yaml",
+            (*FULL_FINETUNE, *RANDOM_SAME_ARCH),
+        ),
+        Variant("full_ft", "pretrained, all trained", "configs/demo_pretrained.yaml", FULL_FINETUNE),
         Variant("frozen", "pretrained, frozen + shared block", "configs/demo_pretrained.yaml", ("loss.kd_weight=0",)),
         Variant(
             "top1",

@@ -93,8 +93,8 @@ def test_resolve_export_takes_a_run_or_an_export_folder_and_names_anything_else(
 def test_open_rgb_names_the_file_and_the_reason(tmp_path: Path) -> None:
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    with pytest.raises(ImageDecodeError, match=f"'{empty}': not a readable image \\(not an image format") as caught:
+    with pytest.raises(ImageDecodeError, match=f"'{empty}' is not a readable image \\(not an image format") as caught:
         open_rgb(empty)
     assert caught.value.reason == "not an image format PIL can read"
-    with pytest.raises(FileNotFoundError, match="--image: does not exist"):
-        open_rgb(tmp_path / "missing.png", "--image")
+    with pytest.raises(FileNotFoundError, match="--image: 'missing.png' does not exist"):
+        open_rgb("missing.png", "--image: 'missing.png'")

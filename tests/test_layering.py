@@ -21,6 +21,8 @@ def _loaded(module: str) -> set[str]:
         ("mmd2v2.vl.train", ("deepspeed", "mmd2v2.train", "mmd2v2.pretrain")),
         ("mmd2v2.pretrain.run", ("mmd2v2.train", "mmd2v2.vl")),
         ("mmd2v2.models.exported", ("deepspeed", "mmd2v2.train", "mmd2v2.pretrain", "mmd2v2.vl")),
+        ("mmd2v2.api", ("deepspeed", "mmd2v2.train", "mmd2v2.pretrain", "mmd2v2.vl")),
+        ("mmd2v2", ("mmd2v2.api", "torch")),
     ],
 )
 def test_programs_and_the_library_import_only_downwards(module: str, forbidden: tuple[str, ...]) -> None:

@@ -11,7 +11,7 @@ from conftest import TINY_TEXT, TINY_VISION
 from transformers import AutoConfig, AutoModel
 
 from mmd2v2.config import ConfigError, EncoderConfig, ModelConfig, SharedConfig, TeacherConfig, load_config
-from mmd2v2.models.dual_encoder import DualEncoder
+from mmd2v2.models.dual_encoder import IMAGE, DualEncoder
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.models.unimodal import FAMILIES, UnimodalEncoder, block_list
 from mmd2v2.train.preflight import check_run_config
@@ -184,6 +184,34 @@ def test_student_embeddings_are_normalised_and_padding_invariant() -> None:
     torch.testing.assert_close(model.encode_texts(padded, mask), text, rtol=1e-5, atol=1e-5)
     output = model.image_forward(torch.randn(3, 3, 32, 32))
     assert output.distill is not None and output.distill.shape == (3, 24)
+
+
+@pytest.mark.parametrize(("center_tokens", "projection"), [(False, True), (True, True), (False, False)])
+def test_token_outputs_are_what_the_embeddings_are_made_of(center_tokens: bool, projection: bool) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        image=EncoderConfig(family="vit", config=TINY_VISION),
+        text=EncoderConfig(family="bert", config=TINY_TEXT),
+        shared=SharedConfig(depth=2, width=48, heads=4, layer_scale_init=0.2),
+        embed_dim=16 if projection else 48,
+        projection=projection,
+        center_tokens=center_tokens,
+    )
+    model = DualEncoder(cfg).eval()
+    assert (model.width, model.embed_dim) == (48, cfg.embed_dim)
+    pixels, text = _inputs("image")["pixel_values"], _inputs("text")
+    with torch.no_grad():
+        image_tokens = model.image_tokens(pixels)
+        text_tokens, padding = model.text_tokens(text["input_ids"], text["attention_mask"])
+    assert image_tokens.shape == (2, 1 + (32 // 8) ** 2, 48) and text_tokens.shape == (2, 7, 48)
+    assert padding.tolist() == (text["attention_mask"] == 0).tolist()
+    torch.testing.assert_close(model.embed(image_tokens[:, 0]), model.encode_images(pixels))
+    torch.testing.assert_close(model.embed(text_tokens[:, 0]), model.encode_texts(**text))
+    with torch.no_grad():  # in two steps: the inputs of the shared blocks, then their outputs
+        inputs, same_padding = model.text_inputs(text["input_ids"], text["attention_mask"])
+        torch.testing.assert_close(model.shared_outputs(inputs, same_padding), text_tokens)
+        uncentred = model.add_modality(model.image_in(model.image_encoder(pixels)), IMAGE)
+    assert torch.equal(uncentred, model.image_inputs(pixels)) != center_tokens
 
 
 def test_teacher_is_frozen_and_always_in_eval_mode() -> None:

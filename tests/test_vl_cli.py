@@ -163,6 +163,7 @@ def _trainer(**extra: object) -> list[str]:
         "trainer.max_steps": 3,
         "trainer.log_every": 1,
         "trainer.progress_bar": False,
+        "trainer.device": "cpu",  # these tests compare exact numbers: on the CPU whatever the machine has
         "optim.lr": 1e-3,
         **extra,
     }

@@ -112,3 +112,23 @@ def test_confidence_weighting_takes_its_logits_from_clip_or_an_mmd2v2_export(ove
     cfg = load_vl_config(None, [*overrides, "distill.confidence_weighting=true"])
     found = logits_teacher(cfg.teachers)
     assert found is not None and found[0] == source
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_trainer_device_auto_is_the_default_and_picks_cuda_when_torch_sees_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, gpu: bool
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    expected = "cuda" if gpu else "cpu"
+    assert load_vl_config(None).trainer.device == expected
+    assert load_vl_config(None, ["trainer.device=auto"]).trainer.device == expected
+    for device in ("cpu", "cuda", "cuda:1"):  # explicit devices stay as they are
+        assert load_vl_config(None, [f"trainer.device={device}"]).trainer.device == device
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:-1", "cuda:x", "CPU", ""])
+def test_an_invalid_trainer_device_is_refused_naming_the_key(device: str) -> None:
+    with pytest.raises(ConfigError, match=r"^config key 'trainer.device': got .*expected auto, cpu, cuda or cuda:N$"):
+        load_vl_config(None, [f"trainer.device={device}"])

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmd2v2.vl.sampling import low_shot_subset, sample_snli_ve, sample_vcr, sample_vqa
+from mmd2v2.vl.config import ProtocolConfig
+from mmd2v2.vl.tasks import get_task
 from mmd2v2.vl.tasks.base import VLExample
-from mmd2v2.vl.tasks.snli_ve import LABELS
-from mmd2v2.vl.tasks.vcr import CATEGORIES
-from mmd2v2.vl.zero_shot import entailment_logits, kmeans_1d
+from mmd2v2.vl.tasks.snli_ve import LABELS, entailment_logits, kmeans_1d, sample_snli_ve
+from mmd2v2.vl.tasks.vcr import CATEGORIES, sample_vcr
+from mmd2v2.vl.tasks.vqa import sample_vqa
 
 
 def _example(record: str, image: str, group: str, mode: str = "") -> VLExample:
@@ -45,7 +46,7 @@ def test_snli_ve_takes_n_images_per_class_with_up_to_k_hypotheses_of_that_class(
         subset == sample_snli_ve(examples, 4, seed=3, per_image=5) != sample_snli_ve(examples, 4, seed=4, per_image=5)
     )
     # 100 images per class at 5 hypotheses each: the paper's 0.3% subset of ~1,500 pairs (30 images here: 150)
-    assert len(low_shot_subset("snli_ve", examples, 100, 0)) == 30 * 5
+    assert len(get_task("snli_ve").low_shot(examples, 100, 0, ProtocolConfig())) == 30 * 5
 
 
 def test_vqa_takes_n_images_per_question_type_and_up_to_two_questions_each() -> None:
@@ -61,7 +62,7 @@ def test_vqa_takes_n_images_per_question_type_and_up_to_two_questions_each() -> 
     assert images_per_type == dict.fromkeys(types, 5)
     assert len({i for i, _ in per_image_type}) == 40  # an image is sampled for one type only
     with pytest.raises(ValueError, match="protocol.shots"):
-        low_shot_subset("vqa", examples, 0, 0)
+        get_task("vqa").low_shot(examples, 0, 0, ProtocolConfig())
 
 
 def test_kmeans_and_the_entailment_mapping() -> None:

@@ -9,7 +9,7 @@ import torch
 from vl_files import snli_ve_record, vcr_record, vqa_annotation, write_image, write_jsonl, write_vqa
 
 from mmd2v2.vl.config import SplitFiles, TaskConfig
-from mmd2v2.vl.tasks import load_task, task_loss, task_metrics
+from mmd2v2.vl.tasks import get_task, load_task
 from mmd2v2.vl.tasks.base import IGNORE_LABEL, BadRecordError, VLExample
 from mmd2v2.vl.tasks.snli_ve import load_snli_ve_split
 from mmd2v2.vl.tasks.vcr import load_vcr_split, question_category, render_tokens
@@ -58,7 +58,7 @@ def test_vqa_vocabulary_soft_scores_and_out_of_vocabulary(vqa_files: SplitFiles)
         .sum(-1)
         .mean()
     )
-    assert float(task_loss("vqa", logits, task.train.examples)) == pytest.approx(float(expected))
+    assert float(get_task("vqa").loss(logits, task.train.examples)) == pytest.approx(float(expected))
 
 
 def test_vqa_soft_score_is_count_over_three(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_vqa_accuracy_by_hand() -> None:
     assert question_type("Why is he sad?") == "other" and question_type("Which one?") == "who_which"
     classes = ["red", "blue"]
     example = VLExample("q", "q", "1", Path("x"), ("?",), 1, answers=tuple(humans))
-    assert task_metrics("vqa", [example, example], torch.tensor([[1.0, 0.0], [0.0, 1.0]]), classes)[
+    assert get_task("vqa").metrics([example, example], torch.tensor([[1.0, 0.0], [0.0, 1.0]]), classes)[
         "vqa_accuracy"
     ] == pytest.approx(100 * (0.6 + 1.0) / 2)
 
@@ -122,7 +122,7 @@ def test_snli_ve_loader_accuracy_and_bad_labels(tmp_path: Path) -> None:
         ("1001.jpg", "A cat sleeps.", 2, "contradiction"),
         ("1002.jpg", "The dog is happy.", 1, "neutral"),
     ]
-    metrics = task_metrics("snli_ve", split.examples, torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]]), [])
+    metrics = get_task("snli_ve").metrics(split.examples, torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]]), [])
     assert metrics["accuracy"] == pytest.approx(200 / 3)
 
 
@@ -151,7 +151,7 @@ def test_vcr_renders_object_references_and_scores_q2a_qa2r_q2ar(tmp_path: Path) 
     assert q2a.image == tmp_path / "images" / "m/1.jpg" and q2a.group == "activity"
     logits = torch.zeros(4, 4)
     logits[0, 2] = logits[1, 1] = logits[2, 0] = logits[3, 0] = 1.0  # a1 both right; a2 answer right, rationale wrong
-    metrics = task_metrics("vcr", split.examples, logits, [])
+    metrics = get_task("vcr").metrics(split.examples, logits, [])
     assert (metrics["q2a"], metrics["qa2r"], metrics["q2ar"]) == (100.0, 50.0, 50.0)
 
 

@@ -40,11 +40,10 @@ def open_rgb(source: str | Path | BinaryIO, name: str | None = None, draft_size:
             return image if image.mode == "RGB" else image.convert("RGB")
     except DECODE_ERRORS as error:
         reason = decode_reason(error)
-        missing = isinstance(error, FileNotFoundError)
         failure = (
-            MissingImageError(f"{label}: does not exist")
-            if missing
-            else ImageDecodeError(f"{label}: not a readable image ({reason})")
+            MissingImageError(f"{label} does not exist")
+            if isinstance(error, FileNotFoundError)
+            else ImageDecodeError(f"{label} is not a readable image ({reason})")
         )
         failure.reason = reason
         raise failure from None

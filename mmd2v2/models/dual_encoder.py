@@ -12,6 +12,8 @@ from mmd2v2.config import ConfigError, ModelConfig
 from mmd2v2.models.shared import LayerScale, SharedTransformer
 from mmd2v2.models.unimodal import UnimodalEncoder
 
+IMAGE, TEXT = 0, 1  # rows of the modality embedding
+
 
 class ModalityOutput(NamedTuple):
     """What the student produces for one modality."""
@@ -31,7 +33,12 @@ def centred(tokens: Tensor, key_padding: Tensor | None) -> Tensor:
 
 
 class DualEncoder(nn.Module):
-    """Dual encoder with a shared top: encode_images / encode_texts give L2-normalised embeddings."""
+    """Dual encoder with a shared top: encode_images / encode_texts give L2-normalised embeddings.
+
+    For users of its tokens: image_tokens / text_tokens (the shared blocks' per-token outputs, whose CLS `embed`
+    maps to the embedding), image_inputs / text_inputs and shared_outputs (the same in two steps, for a sequence of
+    one's own), `width` and `embed_dim`.
+    """
 
     def __init__(self, cfg: ModelConfig, teacher_dim: int | None = None) -> None:
         super().__init__()
@@ -71,14 +78,63 @@ class DualEncoder(nn.Module):
             return tokens
         return tokens + self.modality_scale(self.modality_embedding[modality])
 
-    def _shared_cls(self, tokens: Tensor, modality: int, key_padding: Tensor | None) -> Tensor:
-        """Shared blocks over one modality's tokens; returns the CLS output (B, width)."""
+    @property
+    def width(self) -> int:
+        """Width of the shared blocks' tokens."""
+        return int(self.shared.norm.normalized_shape[0])
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embeddings."""
+        return self.projection.out_features if isinstance(self.projection, nn.Linear) else self.width
+
+    def _shared_input(self, tokens: Tensor, modality: int, key_padding: Tensor | None) -> Tensor:
+        """One modality's tokens (B, T, width) as the shared blocks take them: centred (with model.center_tokens),
+        plus the modality embedding."""
         if self.center_tokens:
             tokens = centred(tokens, key_padding)
-        return self.shared(self.add_modality(tokens, modality), key_padding)[:, 0]
+        return self.add_modality(tokens, modality)
+
+    def _shared_cls(self, tokens: Tensor, modality: int, key_padding: Tensor | None) -> Tensor:
+        """Shared blocks over one modality's tokens; returns the CLS output (B, width)."""
+        return self.shared(self._shared_input(tokens, modality, key_padding), key_padding)[:, 0]
+
+    def image_inputs(self, pixel_values: Tensor) -> Tensor:
+        """Image tokens (B, 1 + P, width) as the shared blocks take them: the image encoder's output in the shared
+        width, centred (with model.center_tokens), plus the image modality embedding."""
+        return self._shared_input(self.image_in(self.image_encoder(pixel_values)), IMAGE, None)
+
+    def text_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Text tokens (B, L, width) as the shared blocks take them (as `image_inputs`), and the key padding
+        (B, L), True at padding."""
+        padding = attention_mask == 0
+        hidden = self.text_in(self.text_encoder(input_ids, attention_mask))
+        return self._shared_input(hidden, TEXT, padding), padding
+
+    def shared_outputs(self, tokens: Tensor, key_padding: Tensor | None) -> Tensor:
+        """The shared blocks' per-token outputs (B, T, width) over `tokens` (one modality's or a joint sequence)."""
+        return self.shared(tokens, key_padding)
+
+    def image_tokens(self, pixel_values: Tensor) -> Tensor:
+        """The shared blocks' per-token outputs for images (B, 1 + P, width); `embed` of row 0 is the embedding."""
+        return self.shared_outputs(self.image_inputs(pixel_values), None)
+
+    def text_tokens(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The shared blocks' per-token outputs for texts (B, L, width) and the key padding (B, L), True at padding;
+        `embed` of row 0 is the embedding."""
+        tokens, padding = self.text_inputs(input_ids, attention_mask)
+        return self.shared_outputs(tokens, padding), padding
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Shared-block outputs (..., width) in the embedding space, L2-normalised (..., embed_dim)."""
+        return F.normalize(self.projection(tokens), dim=-1)
+
+    def resize_text_vocabulary(self, size: int) -> None:
+        """Give the text encoder `size` token embeddings (new rows initialised by transformers)."""
+        self.text_encoder.resize_vocabulary(size)
 
     def _output(self, cls: Tensor, with_distill: bool) -> ModalityOutput:
-        embedding = F.normalize(self.projection(cls), dim=-1)
+        embedding = self.embed(cls)
         distill = self.distill_head(cls) if with_distill and self.distill_head is not None else None
         return ModalityOutput(embedding, distill)
 
@@ -88,7 +144,7 @@ class DualEncoder(nn.Module):
         """Embedding (and distillation output) for a batch of images (B, 3, H, W), or for the image encoder's
         output `encoded` (B, T, width) when it comes from the feature cache."""
         hidden = self.image_encoder(pixel_values) if encoded is None else encoded
-        return self._output(self._shared_cls(self.image_in(hidden), 0, None), with_distill)
+        return self._output(self._shared_cls(self.image_in(hidden), IMAGE, None), with_distill)
 
     def text_forward(
         self, input_ids: Tensor, attention_mask: Tensor, with_distill: bool = True, encoded: Tensor | None = None
@@ -96,7 +152,7 @@ class DualEncoder(nn.Module):
         """Embedding (and distillation output) for a batch of token ids (B, L) with their attention mask, or for
         the text encoder's cached output `encoded` (B, L, width)."""
         hidden = self.text_encoder(input_ids, attention_mask) if encoded is None else encoded
-        return self._output(self._shared_cls(self.text_in(hidden), 1, attention_mask == 0), with_distill)
+        return self._output(self._shared_cls(self.text_in(hidden), TEXT, attention_mask == 0), with_distill)
 
     def enable_activation_checkpointing(self) -> list[str]:
         """Recompute activations in backward for the shared blocks and the trainable HF encoders that support it;

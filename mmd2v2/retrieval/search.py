@@ -17,13 +17,20 @@ from mmd2v2.retrieval.index_store import IndexFolder, SearchHit, checkpoint_id
 
 
 class Searcher:
-    """An index folder plus the model whose embeddings it holds (checked to be the same model)."""
+    """An index folder plus the model whose embeddings it holds (checked to be the same model); `bundle`: that model
+    already loaded from `ckpt`."""
 
-    def __init__(self, index_dir: str | Path, ckpt: str | Path | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        index_dir: str | Path,
+        ckpt: str | Path | None = None,
+        device: str = "cpu",
+        bundle: ExportedModel | None = None,
+    ) -> None:
         self.index = IndexFolder(index_dir)
         what = "--ckpt" if ckpt is not None else "the index's checkpoint (pass --ckpt for another)"
         folder = resolve_export(ckpt if ckpt is not None else self.index.manifest.checkpoint, what)
-        self.bundle: ExportedModel = load_export(folder, device)
+        self.bundle: ExportedModel = bundle if bundle is not None else load_export(folder, device)
         self.index.check_queries(self.bundle.config.model.embed_dim, checkpoint_id(folder))
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:
@@ -57,7 +64,7 @@ class Searcher:
             query = self.text_vectors([row["text"]])
         else:
             path = image_path(row, self.index.manifest.sources)
-            name = f"item {vector_id}: its image '{path}' (index type {self.index.manifest.index_type} keeps no vector)"
+            name = f"item {vector_id} (index type {self.index.manifest.index_type} keeps no vector): its image '{path}'"
             query = self.image_vectors([open_rgb(path, name)])
         return self.index.search(query, k, kind)[0]
 

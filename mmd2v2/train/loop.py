@@ -12,9 +12,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
+from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.config import Config, SourceConfig, dump_config
@@ -33,43 +31,17 @@ from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset
 from mmd2v2.retrieval.recall import format_recall_table
 from mmd2v2.runtime.checkpoint import latest_complete_tag, load_checkpoint, save_checkpoint
-from mmd2v2.runtime.engine import create_engine, ensure_distributed_env
-from mmd2v2.runtime.metrics import MetricWindow
-from mmd2v2.runtime.precision import resolved_precision
+from mmd2v2.runtime.engine import ensure_distributed_env
 from mmd2v2.runtime.random_state import restore_rng_state, rng_state, seed_everything
 from mmd2v2.train.feature_cache import CachedPairs, open_cache
+from mmd2v2.train.parts import build_engine, build_parts, train_step
+from mmd2v2.train.run_log import RunLog
 
 COUNTED = {
     "skipped": "num_skipped",
     "bad_captions": "num_bad_captions",
     "truncated": "num_truncated",
 }  # state key: batch key
-
-
-class TrainingModule(nn.Module):
-    """What DeepSpeed optimises: the student plus the loss's learnable state (temperatures, memory banks)."""
-
-    def __init__(self, student: DualEncoder, objective: MMD2V2Objective, micro_batch_size: int) -> None:
-        super().__init__()
-        self.student = student
-        self.objective = objective
-        self.micro_batch_size = micro_batch_size
-
-    def forward(
-        self,
-        pixel_values: Tensor,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        image_ids: Tensor,
-        teacher_cls: Tensor | None,
-        image_tokens: Tensor | None = None,
-        text_tokens: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """Loss terms of one batch (contrastive terms against every rank's rows); `image_tokens`/`text_tokens`:
-        cached frozen-encoder outputs used instead of running the encoders."""
-        image = self.student.image_forward(pixel_values, encoded=image_tokens)
-        text = self.student.text_forward(input_ids, attention_mask, encoded=text_tokens)
-        return self.objective(image, text, teacher_cls, image_ids, self.micro_batch_size)
 
 
 def prepare_data(config: Config) -> tuple[list[SourceConfig], Path, Path | None]:
@@ -108,7 +80,8 @@ def _to_device(
 
 @dataclasses.dataclass
 class RunParts:
-    """What a run is made of before the engine: resolved config, data, preprocessing, tokenizer, networks, length."""
+    """What a run is made of before the engine: resolved config, data, preprocessing, tokenizer, networks, loss,
+    length."""
 
     config: Config
     data: TrainingData
@@ -118,6 +91,7 @@ class RunParts:
     tokenizer: PreTrainedTokenizerBase
     teacher: ImageTeacher | None
     student: DualEncoder
+    objective: MMD2V2Objective
     total_steps: int
     global_batch: int
 
@@ -128,7 +102,7 @@ class RunParts:
 
 
 def prepare_run(config: Config, output_dir: Path) -> RunParts:
-    """Process group, data, tokenizer, teacher and student (with trainer.init_from weights) of a run."""
+    """Process group, data, tokenizer, teacher, student (with trainer.init_from weights) and objective of a run."""
     config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, output_dir=str(output_dir)))
     ensure_distributed_env()
     seed_everything(config.trainer.seed)
@@ -136,10 +110,9 @@ def prepare_run(config: Config, output_dir: Path) -> RunParts:
     preprocess = resolve_image_preprocessing(config)
     data = load_training_data(sources, preprocess, config.trainer.seed)
     tokenizer, config = prepare_tokenizer(config, data.captions)
-    teacher = ImageTeacher(config.teacher) if config.teacher.enabled and config.loss.kd_weight > 0 else None
-    student = DualEncoder(config.model, teacher_dim=teacher.dim if teacher else None)
+    networks = build_parts(config)
     if config.trainer.init_from:  # on resume too (a checkpoint then replaces them): the cache's fingerprints need them
-        load_student_weights(student, config.trainer.init_from)
+        load_student_weights(networks.student, config.trainer.init_from)
     global_batch = (
         config.trainer.micro_batch_size * config.deepspeed.gradient_accumulation_steps * dist.get_world_size()
     )
@@ -148,7 +121,17 @@ def prepare_run(config: Config, output_dir: Path) -> RunParts:
         raise UserError(f"the training data has {data.num_pairs} pairs, fewer than one global batch of {global_batch}")
     total_steps = config.trainer.max_steps or max(1, math.ceil(config.trainer.epochs * steps_per_epoch))
     return RunParts(
-        config, data, json_path, image_root, preprocess, tokenizer, teacher, student, total_steps, global_batch
+        config,
+        data,
+        json_path,
+        image_root,
+        preprocess,
+        tokenizer,
+        networks.teacher,
+        networks.student,
+        networks.objective,
+        total_steps,
+        global_batch,
     )
 
 
@@ -186,150 +169,146 @@ def attach_cache(parts: RunParts, output_dir: Path, force: bool = False) -> str:
     return note
 
 
-def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train, export and evaluate one run; returns the final metrics (rank 0) or {} (other ranks)."""
-    output_dir = Path(output_dir)
-    parts = prepare_run(config, output_dir)
-    config, data, student, total_steps, global_batch = (
-        parts.config,
-        parts.data,
-        parts.student,
-        parts.total_steps,
-        parts.global_batch,
-    )
-    rank, world = dist.get_rank(), dist.get_world_size()
-    teacher_dim = parts.teacher.dim if parts.teacher else None
-    objective = MMD2V2Objective(config.loss, config.model.embed_dim, teacher_dim)
-    cache_note = attach_cache(parts, output_dir)
-    teacher, preprocess, tokenizer = parts.teacher, parts.preprocess, parts.tokenizer
-    accumulation = config.deepspeed.gradient_accumulation_steps
-    if config.trainer.activation_checkpointing:
-        student.enable_activation_checkpointing()
-    if config.trainer.compile:
-        student.compile_parts()
-    engine = create_engine(TrainingModule(student, objective, config.trainer.micro_batch_size), config, total_steps)
-    device, dtype = engine.device, next(engine.module.parameters()).dtype
-    if teacher is not None:
-        teacher.to(device)
-        teacher.autocast_dtype = torch.bfloat16 if resolved_precision(config.deepspeed.precision) == "bf16" else None
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: the optimizer step and the loader's counts of bad samples (kept in every checkpoint)."""
 
-    step, counts = 0, dict.fromkeys(COUNTED, 0)
+    step: int = 0
+    counts: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
+
+    def data_counts(self, data: TrainingData) -> dict[str, int]:
+        """The counts as the metrics and the export's metadata report them."""
+        return {
+            "skipped_train_samples": self.counts["skipped"],
+            "skipped_train_rows": data.dropped.total() + self.counts["bad_captions"],
+            "truncated_train_captions": self.counts["truncated"],
+        }
+
+
+def resume_progress(engine: Any, output_dir: Path, resume: bool) -> tuple[Progress, str | None]:
+    """With `resume`, the latest complete checkpoint's engine state, progress and random state, and its tag;
+    otherwise (or without one) step 0 and no tag."""
     tag = latest_complete_tag(output_dir) if resume else None
-    if tag is not None:
-        state = load_checkpoint(engine, output_dir, tag)
-        step, counts = int(state["step"]), {key: int(state.get(key, 0)) for key in COUNTED}
-        restore_rng_state(state["rng"])
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, output_dir / "config.yaml")
-        if resume:
-            print(f"resuming from {tag} (step {step})" if tag else "no complete checkpoint found: starting from step 0")
-        print(
-            f"training data: {data.num_pairs} pairs from {len(data.sources)} source(s); "
-            f"rows or captions dropped while reading: {data.dropped.summary()}"
-        )
-        print(cache_note)
+    if tag is None:
+        return Progress(), None
+    state = load_checkpoint(engine, output_dir, tag)
+    restore_rng_state(state["rng"])
+    return Progress(int(state["step"]), {key: int(state.get(key, 0)) for key in COUNTED}), tag
 
+
+def save_progress(engine: Any, output_dir: Path, progress: Progress, keep: int) -> None:
+    """A resumable checkpoint of the engine, the progress and the random state."""
+    state = {"step": progress.step, **progress.counts, "rng": rng_state()}
+    save_checkpoint(engine, output_dir, progress.step, state, keep)
+
+
+def announce_run(parts: RunParts, output_dir: Path, resume: bool, tag: str | None, step: int, cache_note: str) -> None:
+    """Save the resolved config; print where a resumed run starts, what the training data holds, the cache's status."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(parts.config, output_dir / "config.yaml")
+    if resume:
+        print(f"resuming from {tag} (step {step})" if tag else "no complete checkpoint found: starting from step 0")
+    print(
+        f"training data: {parts.data.num_pairs} pairs from {len(parts.data.sources)} source(s); "
+        f"rows or captions dropped while reading: {parts.data.dropped.summary()}"
+    )
+    print(cache_note)
+
+
+def count_dropped(batch: dict[str, Tensor], counts: dict[str, int]) -> None:
+    """Move the loader's per-batch counts of undecodable, malformed and truncated samples into `counts`."""
+    for key, batch_key in COUNTED.items():
+        counts[key] += int(batch.pop(batch_key))
+
+
+def prepare_batch(
+    batch: dict[str, Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    preprocess: ImagePreprocessor,
+    augmentation: dict[str, Any] | None,
+) -> dict[str, Tensor]:
+    """The step's inputs on the device: pixels normalised, then cropped and flipped as the feature cache's stored
+    view was (its `crop_theta`) or at random as configured."""
+    crop_theta = batch.pop("crop_theta", None)  # float32: the stored view whose teacher target the cache holds
+    batch = _to_device(batch, device, dtype, preprocess)
+    if crop_theta is not None:
+        batch["pixel_values"] = apply_crop_flip(batch["pixel_values"], crop_theta)
+    elif batch["pixel_values"].numel() and augmentation is not None:
+        batch["pixel_values"] = random_resized_crop_flip(
+            batch["pixel_values"],
+            tuple(augmentation["scale"]),
+            tuple(augmentation["ratio"]),
+            augmentation["flip_prob"],
+        )
+    return batch
+
+
+def run_steps(engine: Any, parts: RunParts, output_dir: Path, progress: Progress) -> float:
+    """Train from `progress` (updated in place) to the planned step, logging and checkpointing on the way; returns
+    the loop's seconds."""
+    config, data = parts.config, parts.data
+    rank, world = dist.get_rank(), dist.get_world_size()
     loader = training_loader(
         data,
-        PairCollator(tokenizer, config.data.max_text_length),
+        PairCollator(parts.tokenizer, config.data.max_text_length),
         config.trainer.micro_batch_size,
-        accumulation,
+        config.deepspeed.gradient_accumulation_steps,
         rank,
         world,
         loader_workers(config.data.num_workers),
         config.trainer.seed,
-        step,
-        total_steps,
+        progress.step,
+        parts.total_steps,
     )
-    writer = SummaryWriter(str(output_dir / "tb")) if rank == 0 else None
-    window, samples_since, last_log = MetricWindow(), 0, time.perf_counter()
-    bar = tqdm(
-        total=total_steps, initial=step, desc="train", unit="step", disable=rank != 0 or not config.trainer.progress_bar
-    )
+    log = RunLog(config, output_dir, progress.step, parts.total_steps, rank)
     engine.train()
+    device, dtype = engine.device, next(engine.module.parameters()).dtype
     augmentation = crop_flip_settings(config.data)
     seen, loop_start = 0, time.perf_counter()
     for batch in loader:
-        for key, batch_key in COUNTED.items():
-            counts[key] += int(batch.pop(batch_key))
+        count_dropped(batch, progress.counts)
         seen += config.trainer.micro_batch_size
-        if seen >= global_batch // world and counts["skipped"] >= seen:
+        if seen >= parts.global_batch // world and progress.counts["skipped"] >= seen:
             raise UserError(
                 f"no training image could be decoded (first source: {data.sources[0].name}); check the image root"
             )
         if len(batch["image_ids"]) < 2:
             continue  # nothing to contrast (only possible when almost a whole batch failed to decode)
-        crop_theta = batch.pop("crop_theta", None)  # float32: the stored view whose teacher target the cache holds
-        batch = _to_device(batch, device, dtype, preprocess)
-        if crop_theta is not None:
-            batch["pixel_values"] = apply_crop_flip(batch["pixel_values"], crop_theta)
-        elif batch["pixel_values"].numel() and augmentation is not None:
-            batch["pixel_values"] = random_resized_crop_flip(
-                batch["pixel_values"],
-                tuple(augmentation["scale"]),
-                tuple(augmentation["ratio"]),
-                augmentation["flip_prob"],
-            )
-        teacher_cls = batch.pop("teacher_cls", None)  # from the feature cache, else computed now
-        if teacher_cls is None and teacher is not None:
-            teacher_cls = teacher(batch["pixel_values"])
-        terms = engine(**batch, teacher_cls=teacher_cls)
-        engine.backward(terms["loss"])
-        engine.step()
-        window.add(terms)
-        samples_since += len(batch["image_ids"]) * world
-        if engine.global_steps == step:
+        batch = prepare_batch(batch, device, dtype, parts.preprocess, augmentation)
+        log.add(train_step(engine, parts.teacher, batch), len(batch["image_ids"]) * world)
+        if engine.global_steps == progress.step:
             continue  # inside a gradient-accumulation window
-        step = engine.global_steps
-        bar.update(step - bar.n)
-        if step % config.trainer.log_every == 0 or step == total_steps:
-            means = window.means()
-            elapsed = time.perf_counter() - last_log
-            bar.set_postfix(loss=f"{means['loss']:.3f}")
-            if writer is not None:
-                record = {
-                    "step": step,
-                    **means,
-                    "lr": engine.get_lr()[0],
-                    "samples_per_s": samples_since / max(elapsed, 1e-9),
-                }
-                with (output_dir / "train_log.jsonl").open("a") as log:
-                    log.write(json.dumps(record) + "\n")
-                for key, value in means.items():
-                    writer.add_scalar(f"loss/{key}" if "scale" not in key else f"temperature/{key}", value, step)
-                for key in ("logit_scale", "kd_logit_scale"):
-                    if key in means:
-                        writer.add_scalar(f"temperature/{key.replace('logit_scale', 'T')}", 1.0 / means[key], step)
-                writer.add_scalar("optim/lr", record["lr"], step)
-                writer.add_scalar("speed/samples_per_s", record["samples_per_s"], step)
-            samples_since, last_log = 0, time.perf_counter()
-        if step % config.trainer.checkpoint_every == 0 and step < total_steps:
-            save_checkpoint(
-                engine, output_dir, step, {"step": step, **counts, "rng": rng_state()}, config.trainer.keep_checkpoints
-            )
-    bar.close()
+        progress.step = engine.global_steps
+        log.step_done(progress.step, engine)
+        if progress.step % config.trainer.checkpoint_every == 0 and progress.step < parts.total_steps:
+            save_progress(engine, output_dir, progress, config.trainer.keep_checkpoints)
     train_seconds = time.perf_counter() - loop_start
-    save_checkpoint(
-        engine, output_dir, step, {"step": step, **counts, "rng": rng_state()}, config.trainer.keep_checkpoints
-    )
-    if writer is not None:
-        writer.close()
-    if rank != 0:
+    log.close()
+    save_progress(engine, output_dir, progress, config.trainer.keep_checkpoints)
+    return train_seconds
+
+
+def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train, export and evaluate one run; returns the final metrics (rank 0) or {} (other ranks)."""
+    output_dir = Path(output_dir)
+    parts = prepare_run(config, output_dir)
+    cache_note = attach_cache(parts, output_dir)
+    engine = build_engine(parts.config, parts.student, parts.objective, parts.teacher, parts.total_steps)
+    progress, tag = resume_progress(engine, output_dir, resume)
+    if dist.get_rank() == 0:
+        announce_run(parts, output_dir, resume, tag, progress.step, cache_note)
+    train_seconds = run_steps(engine, parts, output_dir, progress)
+    if dist.get_rank() != 0:
         return {}
-    data_counts = {
-        "skipped_train_samples": counts["skipped"],
-        "skipped_train_rows": data.dropped.total() + counts["bad_captions"],
-        "truncated_train_captions": counts["truncated"],
-    }
     return finish_run(
         engine.module.student,
-        config,
-        tokenizer,
-        preprocess,
+        parts.config,
+        parts.tokenizer,
+        parts.preprocess,
         output_dir,
-        step,
-        data_counts,
+        progress.step,
+        progress.data_counts(parts.data),
         parts.json_path,
         parts.image_root,
         train_seconds,

@@ -15,6 +15,7 @@ from mmd2v2.errors import MissingFileError
 from mmd2v2.files import atomic_folder
 from mmd2v2.models.exported import load_export, save_export
 from mmd2v2.vl.student import StudentParts, VLStudent
+from mmd2v2.vl.tasks import get_task
 
 BACKBONE, HEAD, TASK = "backbone", "head.safetensors", "task.json"
 
@@ -38,6 +39,7 @@ def load_vl_model(folder: str | Path) -> tuple[VLStudent, PreTrainedTokenizerBas
         raise MissingFileError(f"'{folder}' is not a VL model folder: missing '{TASK}' or '{HEAD}'")
     task = json.loads((folder / TASK).read_text())
     bundle = load_export(folder / BACKBONE)
-    student = VLStudent(bundle.model, len(task["classes"]) if task["name"] != "vcr" else 1, task["head_hidden_ratio"])
+    outputs = get_task(task["name"]).num_outputs(task["classes"])
+    student = VLStudent(bundle.model, outputs, task["head_hidden_ratio"])
     student.head.load_state_dict(load_file(str(folder / HEAD)))
     return student.eval(), bundle.tokenizer, bundle.preprocess, task

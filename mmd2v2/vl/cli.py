@@ -100,7 +100,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     student, tokenizer, preprocess, info = load_vl_model(args.run / "model")
     if info["name"] != cfg.task.name:
         raise UserError(f"--run: the model was trained for {info['name']}, the config names task {cfg.task.name}")
-    task = load_task(cfg.task, with_train=False, vocabulary=info["classes"] if info["name"] == "vqa" else None)
+    task = load_task(cfg.task, with_train=False, vocabulary=info["classes"])
     metrics = evaluate_examples(
         student.to(cfg.trainer.device),
         task,

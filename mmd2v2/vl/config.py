@@ -6,6 +6,7 @@ overrides, an unknown key or a value of the wrong type raises `ConfigError` nami
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +36,7 @@ class SplitFiles:
 class TaskConfig:
     """Which VL task and where its data is."""
 
-    name: Literal["vqa", "snli_ve", "vcr"] = "vqa"
+    name: str = "vqa"  # a registered task (mmd2v2.vl.tasks): vqa, snli_ve, vcr
     train: SplitFiles = field(default_factory=SplitFiles)
     val: SplitFiles = field(default_factory=SplitFiles)
     image_pattern: str = ""  # "" = the task's standard file names; fields {image_id} and (VQA) {subtype}
@@ -113,6 +114,20 @@ class AdaptiveConfig:
     distill: bool = True  # add L_dv + L_dt (weighted by distill.weight) in stage 1
 
 
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def resolved_device(device: str) -> str:
+    """trainer.device as a torch device: `auto` is cuda when torch sees a CUDA GPU, else cpu; cpu, cuda, cuda:N stay."""
+    if device == "auto":
+        import torch  # here: reading and checking configs needs no torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not DEVICE.fullmatch(device):
+        raise ConfigError(f"config key 'trainer.device': got '{device}', expected auto, cpu, cuda or cuda:N")
+    return device
+
+
 @dataclass
 class VLTrainerConfig:
     """Length of training, batches, logging."""
@@ -125,12 +140,15 @@ class VLTrainerConfig:
     seed: int = 0
     log_every: int = 10
     progress_bar: bool = True
-    device: str = "cpu"
+    device: str = "auto"  # auto: cuda when torch sees a CUDA GPU, else cpu (resolved on load); cpu, cuda, cuda:N
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA GPUs that have it, else fp32
     num_workers: int = 0  # loader processes decoding images and tokenising (training, evaluation, zero-shot)
     checkpoint_every: int | None = (
         2000  # optimizer steps between saves of RUN/resume/ (`vl train --resume`); None: never
     )
+
+    def __post_init__(self) -> None:
+        self.device = resolved_device(self.device)
 
 
 @dataclass
@@ -162,6 +180,12 @@ class VLConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def __post_init__(self) -> None:
+        from mmd2v2.vl.tasks import get_task  # here, not above: the task modules import this one
+
+        try:
+            get_task(self.task.name)
+        except ValueError as error:
+            raise ConfigError(f"config key 'task.name': {error}") from None
         if self.distill.num_tokens < 1:
             raise ConfigError(f"config key 'distill.num_tokens': got {self.distill.num_tokens}, expected >= 1")
         if not 0 < self.adaptive.mlm_probability < 1:

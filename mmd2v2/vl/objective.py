@@ -11,7 +11,7 @@ from mmd2v2.vl.batches import VLBatch
 from mmd2v2.vl.config import AdaptiveConfig, DistillConfig
 from mmd2v2.vl.distillation import DistillTerms, combine_losses, confidence_weights, l1_distance, selected_words_l1
 from mmd2v2.vl.student import JointOutput, VLStudent
-from mmd2v2.vl.tasks import TaskData, task_loss
+from mmd2v2.vl.tasks import TaskData
 from mmd2v2.vl.teachers import Teachers
 from mmd2v2.vl.token_selection import keyword_matrix, random_words, selection_scores, top_words, visual_relevance
 from mmd2v2.vl.words import pool_words, tokenize_with_words
@@ -104,7 +104,7 @@ class VLObjective:
         terms = self.distill_terms(
             batch, output, logits, cfg.vision, cfg.text, cfg.token_selection, cfg.confidence_weighting
         )
-        return combine_losses(task_loss(self.task.name, logits, batch.examples), terms, cfg.weight)
+        return combine_losses(self.task.definition.loss(logits, batch.examples), terms, cfg.weight)
 
     def _paired_batch(self, batch: VLBatch) -> VLBatch:
         """One text per example (VCR: the right choice), for the auxiliary tasks."""

@@ -18,8 +18,7 @@ from mmd2v2.files import write_text_atomic
 from mmd2v2.vl.batches import BatchCollator
 from mmd2v2.vl.config import TeacherSpec, VLConfig, logits_teacher, same_run_settings, vl_config_from_dict
 from mmd2v2.vl.methods import method_overrides
-from mmd2v2.vl.sampling import low_shot_subset
-from mmd2v2.vl.tasks import MAIN_METRIC, TaskData, load_task
+from mmd2v2.vl.tasks import TaskData, VLTask, get_task
 from mmd2v2.vl.teachers import DualEncoders
 from mmd2v2.vl.train import train_vl
 from mmd2v2.vl.zero_shot import ZeroShotScorer, zero_shot_evaluate
@@ -66,9 +65,6 @@ def summarise(values: list[float]) -> dict[str, float]:
     }
 
 
-UNITS = {"vqa": "questions", "snli_ve": "pairs", "vcr": "examples (Q->A + QA->R)"}
-
-
 def size_label(counts: list[int]) -> str:
     """Training examples of a setting's runs: '1,500', or the range '1,497-1,503' when seeds draw different sizes."""
     low, high = min(counts), max(counts)
@@ -76,10 +72,10 @@ def size_label(counts: list[int]) -> str:
 
 
 def format_table(
-    task: str, results: dict[str, dict[str, dict[str, float]]], columns: list[str], sizes: dict[str, list[int]]
+    task: VLTask, results: dict[str, dict[str, dict[str, float]]], columns: list[str], sizes: dict[str, list[int]]
 ) -> str:
     """Markdown table: rows = methods, columns = settings (with their training sizes), cells = mean (variance)."""
-    headers = [f"{c} ({size_label(sizes[c])} {UNITS[task].split(' ')[0]})" if c in sizes else c for c in columns]
+    headers = [f"{c} ({size_label(sizes[c])} {task.unit.split(' ')[0]})" if c in sizes else c for c in columns]
     lines = [f"| method | {' | '.join(headers)} |", "|---" * (len(columns) + 1) + "|"]
     for method, row in results.items():
         cells = []
@@ -89,10 +85,10 @@ def format_table(
         lines.append(f"| {method} | {' | '.join(cells)} |")
     trained = "; ".join(f"{label}: {size_label(counts)}" for label, counts in sizes.items())
     return (
-        f"{task} {MAIN_METRIC[task]} (%), mean (variance, seeds) on the validation split\n\n"
+        f"{task.name} {task.main_metric} (%), mean (variance, seeds) on the validation split\n\n"
         + "\n".join(lines)
         + "\n"
-        + (f"\ntraining {UNITS[task]} per run: {trained}\n" if sizes else "")
+        + (f"\ntraining {task.unit} per run: {trained}\n" if sizes else "")
     )
 
 
@@ -111,7 +107,8 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
     """Run the configured settings x methods x seeds; write protocol.json and protocol.md into `output_dir`.
     With `reuse`, a run that already finished in `output_dir/runs/` with the same settings is not trained again."""
     method_cfgs = {method: with_overrides(cfg, method_overrides(method)) for method in cfg.protocol.methods}
-    wants_zero_shot = "zero_shot" in cfg.protocol.settings and cfg.task.name != "vqa"  # VQA has no zero-shot here
+    definition = get_task(cfg.task.name)
+    wants_zero_shot = "zero_shot" in cfg.protocol.settings and definition.zero_shot_protocol
     zero_shot = zero_shot_source(cfg) if wants_zero_shot else None
     if wants_zero_shot and zero_shot is None:
         raise ConfigError(
@@ -120,8 +117,8 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
         )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    task = load_task(cfg.task)
-    main = MAIN_METRIC[task.name]
+    task = definition.load(cfg.task)
+    main = definition.main_metric
     runs: list[dict[str, Any]] = []
     results: dict[str, dict[str, dict[str, float]]] = {}
     columns: list[str] = []
@@ -129,11 +126,7 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
     if zero_shot is not None:
         metrics = run_zero_shot(cfg, task, zero_shot)
         runs.append({"setting": "zero_shot", "method": "dual_encoder", "seed": None, "metrics": metrics})
-        prompt = (
-            {"ia": ", IA / IR prompts", "iqa": ", IQA prompts"}[cfg.teachers.zero_shot_prompt]
-            if task.name == "vcr"
-            else ""
-        )
+        prompt = definition.zero_shot_method(cfg.teachers.zero_shot_prompt)
         results.setdefault(f"zero-shot (dual encoder{prompt})", {})["zero-shot"] = summarise([metrics[main]])
         columns.append("zero-shot")
     settings: list[tuple[str, int | None]] = []
@@ -145,16 +138,7 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
         columns.append(label)
         seeds = cfg.protocol.seeds if shots is not None else cfg.protocol.seeds[: cfg.protocol.full_seeds]
         subsets = {
-            seed: None
-            if shots is None
-            else low_shot_subset(
-                task.name,
-                task.train.examples,
-                shots,
-                seed,
-                cfg.protocol.questions_per_image,
-                cfg.protocol.hypotheses_per_image,
-            )
+            seed: None if shots is None else definition.low_shot(task.train.examples, shots, seed, cfg.protocol)
             for seed in seeds
         }
         sizes[label] = [len(task.train.examples) if subset is None else len(subset) for subset in subsets.values()]
@@ -196,7 +180,7 @@ def run_protocol(cfg: VLConfig, output_dir: str | Path, reuse: bool = True) -> d
         "config": dataclasses.asdict(cfg),
     }
     write_text_atomic(out / "protocol.json", json.dumps(report, indent=2, default=str))
-    table = format_table(task.name, results, columns, sizes)
+    table = format_table(definition, results, columns, sizes)
     write_text_atomic(out / "protocol.md", table)
     print(table)
     return report

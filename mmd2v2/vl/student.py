@@ -21,8 +21,6 @@ from mmd2v2.models.dual_encoder import DualEncoder
 from mmd2v2.models.exported import load_export, resolve_export
 from mmd2v2.vl.config import StudentConfig
 
-IMAGE, TEXT = 0, 1  # rows of MM-D2V2's modality embedding
-
 
 @dataclass
 class JointOutput:
@@ -65,7 +63,7 @@ class VLStudent(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        width = backbone.shared.norm.normalized_shape[0]
+        width = backbone.width
         hidden = max(1, int(width * head_hidden_ratio))
         self.head = nn.Sequential(
             nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, num_outputs)
@@ -78,14 +76,16 @@ class VLStudent(nn.Module):
     def forward(
         self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, image_index: Tensor
     ) -> JointOutput:
-        """Encode B images once and N texts; text row i attends jointly with image `image_index[i]`."""
+        """Encode B images once and N texts; text row i attends jointly with image `image_index[i]`.
+
+        Each modality's tokens enter as the backbone's retrieval training fed them to the shared blocks: centred on
+        their own where it was trained with model.center_tokens, else as they are."""
         backbone = self.backbone
-        image = backbone.add_modality(backbone.image_in(backbone.image_encoder(pixel_values)), IMAGE)[image_index]
-        text = backbone.add_modality(backbone.text_in(backbone.text_encoder(input_ids, attention_mask)), TEXT)
-        padding = torch.cat(
-            [attention_mask == 0, torch.zeros(image.shape[:2], dtype=torch.bool, device=image.device)], 1
-        )
-        return JointOutput(backbone.shared(torch.cat([text, image.to(text.dtype)], 1), padding), input_ids.shape[1])
+        image = backbone.image_inputs(pixel_values)[image_index]
+        text, text_padding = backbone.text_inputs(input_ids, attention_mask)
+        padding = torch.cat([text_padding, torch.zeros(image.shape[:2], dtype=torch.bool, device=image.device)], 1)
+        joint = backbone.shared_outputs(torch.cat([text, image.to(text.dtype)], 1), padding)
+        return JointOutput(joint, input_ids.shape[1])
 
     def logits(self, output: JointOutput) -> Tensor:
         """Task head on the joint CLS: (N, num_outputs)."""
@@ -109,7 +109,7 @@ def build_backbone(cfg: StudentConfig, texts: list[str]) -> StudentParts:
         tokenizer, new_words = bundle.tokenizer, unknown_words(bundle.tokenizer, texts)
         if new_words:  # a word-level (demo) vocabulary learns the task's words, e.g. the questions' "what", "how"
             tokenizer = extend_word_tokenizer(tokenizer, new_words)
-            bundle.model.text_encoder.resize_vocabulary(len(tokenizer))
+            bundle.model.resize_text_vocabulary(len(tokenizer))
         return StudentParts(bundle.model.train(), tokenizer, bundle.preprocess, bundle.config)
 
     config = Config(model=cfg.model, data=DataConfig(tokenizer=cfg.tokenizer, image_size=cfg.image_size))

@@ -27,7 +27,6 @@ from mmd2v2.models.exported import ExportedModel, load_export, resolve_export
 from mmd2v2.models.teacher import ImageTeacher
 from mmd2v2.models.unimodal import load_hf_model
 from mmd2v2.vl.config import TeachersConfig, TeacherSpec, gives_logits, logits_teacher
-from mmd2v2.vl.student import TEXT
 from mmd2v2.vl.words import pool_words, tokenize_with_words
 
 
@@ -112,7 +111,7 @@ class DualEncoderTeacher(FrozenDualEncoder):
     @property
     def dim(self) -> int:
         """Width of the embedding space."""
-        return int(self.model.projection.out_features)
+        return self.model.embed_dim
 
     @torch.no_grad()
     def image_features(self, pixel_values: Tensor) -> Tensor:
@@ -125,8 +124,7 @@ class DualEncoderTeacher(FrozenDualEncoder):
         tokens = tokenize_with_words(self.tokenizer, texts, self.max_length)
         device = next(self.model.parameters()).device
         ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
-        hidden = self.model.add_modality(self.model.text_in(self.model.text_encoder(ids, mask)), TEXT)
-        projected = F.normalize(self.model.projection(self.model.shared(hidden, mask == 0)), dim=-1)
+        projected = self.model.embed(self.model.text_tokens(ids, mask)[0])
         words, word_mask = pool_words(projected, tokens.word_index, num_words)
         return TextFeatures(projected[:, 0], words, word_mask)
 

@@ -34,10 +34,10 @@ from mmd2v2.vl.config import VLConfig, needed_teachers, same_run_settings
 from mmd2v2.vl.objective import VLObjective
 from mmd2v2.vl.resume import RESUME, Position, SavedRun, load_run_state, remove_run_state, save_run_state
 from mmd2v2.vl.student import VLStudent, build_backbone
-from mmd2v2.vl.tasks import MAIN_METRIC, TaskData, load_task, task_metrics
+from mmd2v2.vl.tasks import TaskData, load_task
 from mmd2v2.vl.tasks.base import VLExample
 from mmd2v2.vl.teachers import HFImageTeacher, build_teachers
-from mmd2v2.vl.zero_shot import ZeroShotScorer, collect_similarities
+from mmd2v2.vl.zero_shot import ZeroShotScorer, prepare_scorer
 
 Step = Callable[[VLBatch], tuple[Tensor, dict[str, Tensor]]]
 
@@ -103,7 +103,7 @@ def evaluate_examples(
     kept, logits, skipped = predict(
         student, examples, preprocess, collator, batch_size, device, progress, workers, precision
     )
-    return {**task_metrics(task.name, kept, logits, task.classes), "skipped_images": float(skipped)}
+    return {**task.definition.metrics(kept, logits, task.classes), "skipped_images": float(skipped)}
 
 
 class StageRunner:
@@ -273,18 +273,15 @@ def train_vl(
     scorer = None
     if teachers.dual is not None:
         scorer = ZeroShotScorer(teachers.dual, task, cfg.teachers.zero_shot_logit_scale, cfg.teachers.zero_shot_prompt)
-        if task.name == "snli_ve":
-            scorer.fit_anchors(
-                collect_similarities(
-                    scorer,
-                    task.train.examples,
-                    parts.preprocess,
-                    collator,
-                    cfg.trainer.eval_batch_size,
-                    False,
-                    cfg.trainer.num_workers,
-                )
-            )
+        prepare_scorer(
+            scorer,
+            task.train.examples,
+            parts.preprocess,
+            collator,
+            cfg.trainer.eval_batch_size,
+            False,
+            cfg.trainer.num_workers,
+        )
     objective = VLObjective(
         distill, adaptive, task, student, teachers, scorer, parts.tokenizer, cfg.task.max_text_length, cfg.trainer.seed
     )
@@ -336,7 +333,7 @@ def train_vl(
     )
     metrics.update(
         {
-            "main_metric": MAIN_METRIC[task.name],
+            "main_metric": task.definition.main_metric,
             "train_examples": len(examples),
             "skipped_train_images": runner.skipped,
             "skipped_train_records": task.train.skipped,

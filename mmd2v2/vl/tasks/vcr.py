@@ -3,16 +3,27 @@
 A record has `objects` (detector class per box), `img_fn`, `question`, `answer_choices` and `rationale_choices`
 (token lists in which a list of integers refers to boxes), `answer_label`, `rationale_label` and `annot_id`.
 Each record gives two examples: Q->A (question + each answer) and QA->R (question + right answer + each rationale).
+Low-shot: n questions per question category (7 categories), both of their examples. Zero-shot: the choice whose text
+best matches the image; prompt `ia` (the paper's IA / IR) scores the answer (Q->A) or the rationale (QA->R) alone,
+`iqa` the question + answer [+ right answer + rationale].
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
 
 from mmd2v2.errors import BadRecordError, UserError
-from mmd2v2.vl.config import SplitFiles, TaskConfig
+from mmd2v2.vl.config import ProtocolConfig, SplitFiles, TaskConfig
 from mmd2v2.vl.tasks.base import BadRecords, LoadedSplit, VLExample, image_folder, read_jsonl
+from mmd2v2.vl.tasks.registry import VLTask, register_task
+from mmd2v2.vl.tasks.sampling import sample_records
+
+if TYPE_CHECKING:
+    from mmd2v2.vl.batches import VLBatch
+    from mmd2v2.vl.zero_shot import ZeroShotScorer
 
 NUM_CHOICES = 4
 # the 7 question categories of the VCR paper, by keywords, checked in this order (the first match wins)
@@ -123,3 +134,67 @@ def load_vcr_split(cfg: TaskConfig, files: SplitFiles) -> LoadedSplit:
             )
         )
     return LoadedSplit(examples, bad.summary())
+
+
+def sample_vcr(examples: list[VLExample], per_category: int, seed: int) -> list[VLExample]:
+    """All examples (Q->A and QA->R) of `per_category` questions drawn from each question category."""
+    return sample_records(examples, [name for name, _ in CATEGORIES], per_category, seed)
+
+
+PROMPTS = {"ia": ", IA / IR prompts", "iqa": ", IQA prompts"}  # the zero-shot row's name in protocol tables
+
+
+@register_task
+class VCR(VLTask):
+    """VCR: one score per candidate text, softmax over the four; Q->A, QA->R and Q->AR."""
+
+    name = "vcr"
+    main_metric = "q2a"
+    unit = "examples (Q->A + QA->R)"
+    texts_per_example = NUM_CHOICES
+
+    def classes(self, cfg: TaskConfig, vocabulary: list[str] | None) -> list[str]:
+        """The choice numbers."""
+        return [str(i) for i in range(NUM_CHOICES)]
+
+    def num_outputs(self, classes: list[str]) -> int:
+        """One score per choice text."""
+        return 1
+
+    def load_split(self, cfg: TaskConfig, files: SplitFiles, classes: list[str]) -> LoadedSplit:
+        """Q->A and QA->R examples."""
+        return load_vcr_split(cfg, files)
+
+    def metrics(self, examples: list[VLExample], logits: Tensor, classes: list[str]) -> dict[str, float]:
+        """Q->A, QA->R and Q->AR (both right) accuracy over the questions."""
+        predicted = logits.argmax(-1).tolist()
+        correct: dict[str, dict[str, bool]] = {}
+        for example, p in zip(examples, predicted, strict=True):
+            correct.setdefault(example.record_id, {})[example.mode] = p == example.label
+        q2a = [c["q2a"] for c in correct.values() if "q2a" in c]
+        qa2r = [c["qa2r"] for c in correct.values() if "qa2r" in c]
+        both = [c["q2a"] and c["qa2r"] for c in correct.values() if len(c) == 2]
+        return {
+            "q2a": 100.0 * sum(q2a) / max(1, len(q2a)),
+            "qa2r": 100.0 * sum(qa2r) / max(1, len(qa2r)),
+            "q2ar": 100.0 * sum(both) / max(1, len(both)),
+            "num_questions": float(len(correct)),
+        }
+
+    def sample(self, examples: list[VLExample], shots: int, seed: int, protocol: ProtocolConfig) -> list[VLExample]:
+        """`shots` questions per question category."""
+        return sample_vcr(examples, shots, seed)
+
+    def zero_shot_texts(self, batch: VLBatch, prompt: str) -> list[str]:
+        """Each choice alone with prompt `ia`, else the full texts."""
+        if prompt == "ia":
+            return [p for example in batch.examples for p in example.prompts]
+        return batch.texts
+
+    def zero_shot_method(self, prompt: str) -> str:
+        """The prompts used."""
+        return PROMPTS[prompt]
+
+    def zero_shot_logits(self, scorer: ZeroShotScorer, batch: VLBatch) -> Tensor:
+        """Scale x cosine of the image with each choice: (B, 4)."""
+        return scorer.scale * scorer.similarities(batch).view(len(batch.examples), -1)

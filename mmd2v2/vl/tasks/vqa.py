@@ -1,5 +1,9 @@
 """VQA v2: the official questions + annotations JSON, an answer vocabulary, soft scores and the VQA accuracy.
 
+Low-shot: n images per question type (8 types), with up to k questions of that type per picked image
+(protocol.questions_per_image). Zero-shot logits: the image against every answer of the vocabulary (the IA prompt);
+`vl protocol` runs no zero-shot setting for VQA.
+
 Questions file: {"data_subtype": "train2014", "questions": [{"image_id", "question", "question_id"}]};
 annotations file: {"annotations": [{"question_id", "image_id", "multiple_choice_answer",
 "answers": [{"answer", "answer_id", ...} x 10]}]}. Images default to COCO's file names.
@@ -9,11 +13,21 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from mmd2v2.errors import UserError
-from mmd2v2.vl.config import SplitFiles, TaskConfig
+from mmd2v2.vl.config import ProtocolConfig, SplitFiles, TaskConfig
 from mmd2v2.vl.tasks.base import IGNORE_LABEL, BadRecords, LoadedSplit, VLExample, image_folder, read_json
+from mmd2v2.vl.tasks.registry import VLTask, register_task
+from mmd2v2.vl.tasks.sampling import sample_per_image
+
+if TYPE_CHECKING:
+    from mmd2v2.vl.batches import VLBatch
+    from mmd2v2.vl.zero_shot import ZeroShotScorer
 
 DEFAULT_IMAGE_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"
 NUMBER_WORDS = {
@@ -172,3 +186,57 @@ def load_vqa_split(cfg: TaskConfig, files: SplitFiles, vocabulary: list[str]) ->
     if out_of_vocabulary:
         skipped["answers_outside_vocabulary"] = out_of_vocabulary
     return LoadedSplit(examples, skipped)
+
+
+def soft_targets(examples: list[VLExample], num_answers: int) -> Tensor:
+    """Soft-score matrix (B, num_answers)."""
+    targets = torch.zeros(len(examples), num_answers)
+    for row, example in enumerate(examples):
+        for index, score in example.targets:
+            targets[row, index] = score
+    return targets
+
+
+def sample_vqa(examples: list[VLExample], per_type: int, seed: int, per_image: int = 2) -> list[VLExample]:
+    """Up to `per_image` questions of each type from `per_type` images drawn per type (an image once)."""
+    types = [name for name, _ in QUESTION_TYPES] + [OTHER_TYPE]
+    return sample_per_image(examples, types, per_type, per_image, seed)
+
+
+@register_task
+class VQA(VLTask):
+    """VQA v2: a head over the answer vocabulary, BCE on soft scores, the VQA accuracy."""
+
+    name = "vqa"
+    main_metric = "vqa_accuracy"
+    unit = "questions"
+    zero_shot_protocol = False
+
+    def classes(self, cfg: TaskConfig, vocabulary: list[str] | None) -> list[str]:
+        """The given vocabulary, else the one of the training annotations."""
+        return vocabulary or build_answer_vocabulary(cfg.train, cfg.min_answer_count, cfg.max_answers)
+
+    def load_split(self, cfg: TaskConfig, files: SplitFiles, classes: list[str]) -> LoadedSplit:
+        """Questions with their soft targets over `classes`."""
+        return load_vqa_split(cfg, files, classes)
+
+    def labelled_loss(self, logits: Tensor, labels: Tensor, keep: Tensor, examples: list[VLExample]) -> Tensor:
+        """BCE on soft scores, summed over answers, over questions with an answer in the vocabulary."""
+        targets = soft_targets(examples, logits.shape[-1]).to(logits.device)
+        per_answer = F.binary_cross_entropy_with_logits(logits[keep].float(), targets[keep], reduction="none")
+        return per_answer.sum(-1).mean()
+
+    def metrics(self, examples: list[VLExample], logits: Tensor, classes: list[str]) -> dict[str, float]:
+        """The VQA accuracy over questions with human answers."""
+        predicted = logits.argmax(-1).tolist()
+        scored = [vqa_accuracy(classes[p], e.answers) for e, p in zip(examples, predicted, strict=True) if e.answers]
+        return {"vqa_accuracy": 100.0 * sum(scored) / max(1, len(scored)), "num_questions": float(len(scored))}
+
+    def sample(self, examples: list[VLExample], shots: int, seed: int, protocol: ProtocolConfig) -> list[VLExample]:
+        """`shots` images per question type, up to protocol.questions_per_image questions each."""
+        return sample_vqa(examples, shots, seed, protocol.questions_per_image)
+
+    def zero_shot_logits(self, scorer: ZeroShotScorer, batch: VLBatch) -> Tensor:
+        """Scale x cosine of each image with every answer."""
+        images = F.normalize(scorer.dual.image_features(batch.pixel_values), dim=-1)
+        return scorer.scale * images @ scorer.class_embeddings().T
