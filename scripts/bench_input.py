@@ -52,7 +52,7 @@ from mmd2v2.data.pairs import CaptionPairDataset, PairCollator, PairSample, deco
 from mmd2v2.data.preprocessing import DEFAULTS, ImageFiles, ImagePreprocessor, collate_images, image_batches  # noqa: E402
 from mmd2v2.data.sources import load_training_data, training_loader  # noqa: E402
 from mmd2v2.data.tokenization import build_word_tokenizer  # noqa: E402
-from mmd2v2.models.exported import load_export  # noqa: E402
+from mmd2v2.models.exported import load_export, resolve_export  # noqa: E402
 from mmd2v2.retrieval.evaluate import evaluate_retrieval, resolve_dataset  # noqa: E402
 
 SIZES = [(640, 480)] * 4 + [(480, 640), (640, 427), (427, 640), (500, 375), (640, 640), (612, 612), (640, 360)]
@@ -199,7 +199,7 @@ def pixel_change(paths: list[Path], fast: ImagePreprocessor, full: ImagePreproce
 def jpeg_recall(export: Path, scales: list[int], quality: int, folder: Path) -> list[tuple[str, str, dict[str, float]]]:
     """Recall@1/5/10 both ways of `export` on its demo test split: the PNGs, then per scale its JPEG copies decoded
     by the fast path and by every-pixel decoding."""
-    bundle = load_export(export)
+    bundle = load_export(resolve_export(export, "--recall"))
     json_path, image_root = resolve_dataset(bundle.config)
     split = bundle.config.eval.split
     records = load_karpathy_split(json_path, split, image_root)

@@ -64,7 +64,7 @@ class Searcher:
             query = self.text_vectors([row["text"]])
         else:
             path = image_path(row, self.index.manifest.sources)
-            name = f"item {vector_id} (index type {self.index.manifest.index_type} keeps no vector): its image '{path}'"
+            name = f"item {vector_id}: its image '{path}' (index type {self.index.manifest.index_type} keeps no vector)"
             query = self.image_vectors([open_rgb(path, name)])
         return self.index.search(query, k, kind)[0]
 
