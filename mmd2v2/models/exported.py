@@ -126,7 +126,9 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu") -> Expor
         raise DamagedFileError(
             f"{folder / WEIGHTS}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    return ExportedModel(model.to(device).eval(), load_tokenizer(folder / TOKENIZER), preprocess, config, metadata)
+    with reading(folder / TOKENIZER):
+        tokenizer = load_tokenizer(folder / TOKENIZER)
+    return ExportedModel(model.to(device).eval(), tokenizer, preprocess, config, metadata)
 
 
 def load_student_weights(model: DualEncoder, folder: str | Path) -> None:

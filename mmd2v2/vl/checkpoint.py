@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
 from mmd2v2.data.preprocessing import ImagePreprocessor
-from mmd2v2.errors import MissingFileError
+from mmd2v2.errors import MissingFileError, reading
 from mmd2v2.files import atomic_folder
 from mmd2v2.models.exported import load_export, save_export
 from mmd2v2.vl.student import StudentParts, VLStudent
@@ -37,9 +37,11 @@ def load_vl_model(folder: str | Path) -> tuple[VLStudent, PreTrainedTokenizerBas
     folder = Path(folder)
     if not (folder / TASK).is_file() or not (folder / HEAD).is_file():
         raise MissingFileError(f"'{folder}' is not a VL model folder: missing '{TASK}' or '{HEAD}'")
-    task = json.loads((folder / TASK).read_text())
+    with reading(folder / TASK):
+        task = json.loads((folder / TASK).read_text())
+        outputs, ratio = get_task(task["name"]).num_outputs(task["classes"]), task["head_hidden_ratio"]
     bundle = load_export(folder / BACKBONE)
-    outputs = get_task(task["name"]).num_outputs(task["classes"])
-    student = VLStudent(bundle.model, outputs, task["head_hidden_ratio"])
-    student.head.load_state_dict(load_file(str(folder / HEAD)))
+    student = VLStudent(bundle.model, outputs, ratio)
+    with reading(folder / HEAD):
+        student.head.load_state_dict(load_file(str(folder / HEAD)))
     return student.eval(), bundle.tokenizer, bundle.preprocess, task
