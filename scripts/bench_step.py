@@ -30,7 +30,7 @@ from mmd2v2.data.karpathy import load_karpathy_split  # noqa: E402
 from mmd2v2.data.pairs import CaptionPairDataset, PairCollator  # noqa: E402
 from mmd2v2.data.preprocessing import resolve_image_preprocessing  # noqa: E402
 from mmd2v2.data.tokenization import prepare_tokenizer  # noqa: E402
-from mmd2v2.train.parts import build_parts  # noqa: E402
+from mmd2v2.training_parts import build_parts  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

@@ -36,8 +36,7 @@ from mmd2v2.models.dual_encoder import DualEncoder  # noqa: E402
 from mmd2v2.models.teacher import ImageTeacher  # noqa: E402
 from mmd2v2.runtime.engine import ensure_distributed_env  # noqa: E402
 from mmd2v2.runtime.precision import resolved_precision  # noqa: E402
-from mmd2v2.train.feature_cache import encoder_tokens  # noqa: E402
-from mmd2v2.train.parts import build_engine, build_parts, train_step  # noqa: E402
+from mmd2v2.training_parts import build_engine, build_parts, train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}  # dense, no sparsity
@@ -125,7 +124,7 @@ def synthetic_batch(
         if teacher is not None:
             host["teacher_cls"] = torch.randn(batch, teacher.dim).half()
         if student.image_encoder.fully_frozen:
-            tokens = encoder_tokens(student, size)
+            tokens = student.image_sequence_length(size)
             host["image_tokens"] = torch.randn(batch, tokens, student.image_encoder.width).half()
             host["pixel_values"] = torch.zeros(0)
         if student.text_encoder.fully_frozen:

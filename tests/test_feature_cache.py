@@ -20,7 +20,7 @@ from mmd2v2.data.pairs import PairCollator
 from mmd2v2.losses.objective import MMD2V2Objective
 from mmd2v2.train.feature_cache import CacheRefused, open_cache, stored_view
 from mmd2v2.train.loop import RunParts, attach_cache, prepare_run
-from mmd2v2.train.parts import TrainingModule
+from mmd2v2.training_parts import TrainingModule
 
 ROOT = Path(__file__).parent.parent
 FROZEN = {

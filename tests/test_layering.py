@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +32,17 @@ def test_programs_and_the_library_import_only_downwards(module: str, forbidden: 
     assert not [
         m for m in loaded if m.split(".")[0] in forbidden or any(m == f or m.startswith(f + ".") for f in forbidden)
     ]
+
+
+def test_vl_pretraining_and_scripts_do_not_use_the_training_program_as_a_toolkit() -> None:
+    """What the programs share lives in the library (runtime/, training_parts.py, data/...), not in train/."""
+    root = Path(__file__).resolve().parent.parent
+    files = [*(root / "scripts").glob("*.py"), *(root / "mmd2v2" / "vl").rglob("*.py")]
+    files += [*(root / "mmd2v2" / "pretrain").rglob("*.py"), *(root / "eval").glob("*.py")]
+    offenders = [
+        f"{path.relative_to(root)}: {line.strip()}"
+        for path in files
+        for line in path.read_text().splitlines()
+        if re.match(r"\s*(from mmd2v2\.train[. ]|import mmd2v2\.train\b)", line)
+    ]
+    assert not offenders

@@ -78,6 +78,13 @@ class DualEncoder(nn.Module):
             return tokens
         return tokens + self.modality_scale(self.modality_embedding[modality])
 
+    def image_sequence_length(self, image_size: int) -> int:
+        """Length of the image encoder's output sequence (CLS + patches) for square images of `image_size` pixels."""
+        weight = next(self.image_encoder.parameters())
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, image_size, image_size, dtype=weight.dtype, device=weight.device)
+            return int(self.image_encoder(probe).shape[1])
+
     @property
     def width(self) -> int:
         """Width of the shared blocks' tokens."""

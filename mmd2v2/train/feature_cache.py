@@ -59,14 +59,6 @@ def cache_folder(config: Config, output_dir: Path) -> Path | None:
     return output_dir / "feature_cache" if config.cache.dir == AUTO else Path(config.cache.dir)
 
 
-def encoder_tokens(student: DualEncoder, size: int) -> int:
-    """Length of the frozen image encoder's output sequence at the run's image size."""
-    weight = next(student.image_encoder.parameters())
-    with torch.inference_mode():
-        probe = torch.zeros(1, 3, size, size, dtype=weight.dtype, device=weight.device)
-        return int(student.image_encoder(probe).shape[1])
-
-
 def cache_source(config: Config, data: TrainingData) -> CaptionPairDataset:
     """The run's one random-access source, or CacheRefused with the reason the run cannot be cached (cheap checks)."""
     if crop_flip_settings(config.data) is not None and config.cache.views < 1:
@@ -105,7 +97,7 @@ def plan_cache(
         kinds["teacher_cls"] = (teacher.dim,)
         fingerprints["teacher"] = {"target": teacher.target, "weights": tensor_fingerprint(teacher.model)}
     if config.cache.encoders and student.image_encoder.fully_frozen:
-        kinds["image_tokens"] = (encoder_tokens(student, preprocess.size), student.image_encoder.width)
+        kinds["image_tokens"] = (student.image_sequence_length(preprocess.size), student.image_encoder.width)
         fingerprints["image_encoder"] = tensor_fingerprint(student.image_encoder)
     if config.cache.encoders and student.text_encoder.fully_frozen:
         kinds["text_tokens"] = (config.data.max_text_length, student.text_encoder.width)

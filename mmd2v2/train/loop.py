@@ -34,8 +34,8 @@ from mmd2v2.runtime.checkpoint import latest_complete_tag, load_checkpoint, save
 from mmd2v2.runtime.engine import ensure_distributed_env
 from mmd2v2.runtime.random_state import restore_rng_state, rng_state, seed_everything
 from mmd2v2.train.feature_cache import CachedPairs, open_cache
-from mmd2v2.train.parts import build_engine, build_parts, train_step
 from mmd2v2.train.run_log import RunLog
+from mmd2v2.training_parts import build_engine, build_parts, train_step
 
 COUNTED = {
     "skipped": "num_skipped",
