@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for name in image text teacher; do mmd2v2 pretrain --config "configs/pretrain_demo_$name.yaml"; done
-[ -f runs/demo/export/config.json ] || python train.py --config configs/demo.yaml --output-dir runs/demo
-[ -f runs/demo_pretrained_n300/export/config.json ] || python train.py --config configs/demo_pretrained.yaml \
+[ -f runs/demo/export/model.safetensors ] || python train.py --config configs/demo.yaml --output-dir runs/demo
+[ -f runs/demo_pretrained_n300/export/model.safetensors ] || python train.py --config configs/demo_pretrained.yaml \
     --output-dir runs/demo_pretrained_n300 data.demo_num_train=300 data.demo_dir=data/demo_n300
 [ -d runs/vl_demo_data/images ] || mmd2v2 vl demo-data runs/vl_demo_data
 for task in ${TASKS:-vqa snli_ve vcr}; do

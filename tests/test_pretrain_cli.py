@@ -235,3 +235,28 @@ def test_every_shipped_pretraining_config_starts(config: str, image_folder: Path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing")
+def test_two_processes_pretrain_one_model(image_folder: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node=2` (gloo on the CPU): each rank reads its share, rank 0 writes the one export."""
+    run = tmp_path / "two"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "mmd2v2.cli", "pretrain"]
+        + ["--config", "configs/pretrain_demo_image.yaml", "--output-dir", str(run), "data.demo_unpaired=false"]
+        + [f"data.images={image_folder}", *TINY_IMAGE, *STEPS, "trainer.micro_batch_size=4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    info = json.loads((run / "model" / "pretrain.json").read_text())
+    assert info["steps"] == 4 and info["skipped_files"] == 3
+    encoder = UnimodalEncoder(
+        EncoderConfig(family="data2vec2-vision", pretrained=str(run / "model"), num_blocks=3), "image", "model.image"
+    )
+    assert encoder(torch.zeros(1, 3, 32, 32)).shape == (1, 17, 32)

@@ -43,6 +43,13 @@ RUN_ONLY_KEYS = {
 }  # keys that do not change what a run computes
 
 
+def union_across_ranks(items: set[int]) -> set[int]:
+    """The union of every rank's `items` (each rank skips the bad files of its own share of the data)."""
+    gathered: list[list[int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, sorted(items))
+    return set().union(*(part or [] for part in gathered))
+
+
 def config_fingerprint(config: PretrainConfig) -> str:
     """SHA-256 of the settings that decide the pretrained weights (not logging, paths of the run folder, workers)."""
     data = config_to_dict(config)
@@ -358,6 +365,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
                     if key != "step":
                         writer.add_scalar(f"pretrain/{key}", value, step)
         if step % config.trainer.checkpoint_every == 0 or step == total:
+            bad_files = union_across_ranks(bad_files)
             save_checkpoint(
                 engine,
                 output_dir,
@@ -374,6 +382,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, resume: bool = Fals
     if writer is not None:
         writer.close()
     final = output_dir / MODEL_DIR
+    bad_files = union_across_ranks(bad_files)
     if rank == 0:
         skipped = [str(data.images[i]) for i in sorted(bad_files)] if data.images is not None else []
         result = {
