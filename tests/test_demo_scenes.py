@@ -23,6 +23,7 @@ from mmd2v2.data.demo_scenes import (
     generate_scenes,
     main,
     render,
+    save_scene_images,
     write_demo_dataset,
 )
 
@@ -188,6 +189,16 @@ def test_deterministic_and_independent_of_other_splits(tmp_path: Path) -> None:
     assert test_captions == [
         [s["raw"] for s in e["sentences"]] for e in json.loads(first.read_text())["images"] if e["split"] == "test"
     ]
+
+
+def test_images_are_the_same_over_several_processes(tmp_path: Path) -> None:
+    for name in ("serial", "parallel"):
+        (tmp_path / name).mkdir()
+    jobs = [("train", i, Path(f"{i}.png")) for i in range(5)] + [("unpaired_images", 3, Path("u3.png"))]
+    save_scene_images([(split, i, tmp_path / "serial" / p) for split, i, p in jobs], 32, 7, workers=1)
+    save_scene_images([(split, i, tmp_path / "parallel" / p) for split, i, p in jobs], 32, 7, workers=2)
+    for _, _, name in jobs:
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes()
 
 
 def test_reused_regenerated_and_atomic(tmp_path: Path) -> None:

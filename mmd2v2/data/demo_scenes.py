@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -254,6 +256,29 @@ def render(scene: Scene, image_size: int) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
 
 
+def _save_images(jobs: list[tuple[str, int, Path]], image_size: int, seed: int) -> None:
+    """Render and save the scenes (split, index, path) of one worker's share."""
+    for split, index, path in jobs:
+        render(generate_scene(seed, split, index), image_size).save(path, compress_level=1)
+
+
+def save_scene_images(
+    jobs: list[tuple[str, int, Path]], image_size: int, seed: int, workers: int | None = None
+) -> None:
+    """Render and save every scene (split, index, path) as PNG over `workers` processes (default: the machine's
+    cores, at most 8, one per 500 scenes): each scene depends only on (seed, split, index), so the files are the same
+    however the work is split."""
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1, len(jobs) // 500)
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        _save_images(jobs, image_size, seed)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        shares = [jobs[w::workers] for w in range(workers)]
+        list(pool.map(_save_images, shares, [image_size] * workers, [seed] * workers))
+
+
 def _manifest(num_train: int, num_val: int, num_test: int, image_size: int, seed: int) -> dict[str, int]:
     return {
         "version": GENERATOR_VERSION,
@@ -267,12 +292,13 @@ def _manifest(num_train: int, num_val: int, num_test: int, image_size: int, seed
 
 def _write(folder: Path, counts: dict[str, int], image_size: int, seed: int) -> None:
     images: list[dict[str, object]] = []
+    jobs: list[tuple[str, int, Path]] = []
     for split in SPLITS:
         (folder / "images" / split).mkdir(parents=True)
         for index in range(counts[split]):
             scene, image_id = generate_scene(seed, split, index), len(images)
             filename = f"{image_id:06d}.png"
-            render(scene, image_size).save(folder / "images" / split / filename, compress_level=1)
+            jobs.append((split, index, folder / "images" / split / filename))
             sentences = [
                 {"raw": text, "tokens": text.split(), "imgid": image_id, "sentid": 5 * image_id + k}
                 for k, text in enumerate(scene.captions)
@@ -287,6 +313,7 @@ def _write(folder: Path, counts: dict[str, int], image_size: int, seed: int) -> 
                     "sentences": sentences,
                 }
             )
+    save_scene_images(jobs, image_size, seed)
     (folder / "dataset_demo.json").write_text(json.dumps({"dataset": "demo", "images": images}))
 
 
@@ -335,9 +362,8 @@ def write_demo_unpaired(
 
     def write(folder: Path) -> None:
         (folder / "images").mkdir()
-        for index in range(num_images):
-            scene = generate_scene(seed, "unpaired_images", index)
-            render(scene, image_size).save(folder / "images" / f"{index:06d}.png", compress_level=1)
+        jobs = [("unpaired_images", i, folder / "images" / f"{i:06d}.png") for i in range(num_images)]
+        save_scene_images(jobs, image_size, seed)
         lines: list[str] = []
         for index in range((num_captions + 4) // 5):
             lines.extend(generate_scene(seed, "unpaired_captions", index).captions)
