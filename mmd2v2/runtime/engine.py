@@ -29,7 +29,18 @@ def ensure_distributed_env() -> None:
             {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         )
     if not dist.is_initialized():
+        if os.environ["WORLD_SIZE"] == "1" and not torch.cuda.is_available():
+            skip_shared_memory_kernels()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+
+
+def skip_shared_memory_kernels() -> None:
+    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce (`deepspeed_shm_comm`, ~30 s of ninja on a
+    2-core machine, the first time) for a single process, which reduces nothing: it builds the op only when its
+    table of compatible ops (`deepspeed.ops.__compatible_ops__`) says the op can be built."""
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
