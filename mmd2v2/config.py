@@ -86,7 +86,9 @@ class TeacherConfig:
     family: str = "beit"
     pretrained: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    target: Literal["post_norm", "pre_norm"] = "post_norm"  # CLS after / before the final LayerNorm
+    # CLS after / before the final LayerNorm, or the mean of the last output's patch tokens (data2vec 2.0 trains its
+    # image CLS only weakly and pools the patches for downstream tasks)
+    target: Literal["post_norm", "pre_norm", "mean_patches"] = "post_norm"
 
 
 @dataclass

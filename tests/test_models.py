@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_TEXT, TINY_VISION
 from transformers import AutoConfig, AutoModel
 
@@ -230,6 +231,12 @@ def test_teacher_is_frozen_and_always_in_eval_mode() -> None:
     )
     pre.load_state_dict(teacher.state_dict())
     assert not torch.allclose(pre(pixels), first)  # before vs after the final LayerNorm
+    pooled = ImageTeacher(
+        TeacherConfig(family="beit", target="mean_patches", config={**TINY_VISION, "use_mean_pooling": False})
+    )
+    pooled.load_state_dict(teacher.state_dict())
+    tokens = teacher.model(pixel_values=F.interpolate(pixels.detach(), size=(32, 32), mode="bicubic")).last_hidden_state
+    torch.testing.assert_close(pooled(pixels), tokens[:, 1:].mean(1))  # the patch tokens' mean, CLS left out
     torch.testing.assert_close(teacher(pixels.bfloat16()), first, rtol=0.05, atol=0.05)  # a bf16 engine's input
 
 

@@ -187,7 +187,7 @@ def test_beitv2_converted_from_timm_matches_timm(tmp_path: Path) -> None:
     torch.testing.assert_close(teacher(pixels), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_timm_teacher_gives_the_cls_after_or_before_the_final_norm(tmp_path: Path) -> None:
+def test_timm_teacher_gives_the_cls_after_or_before_the_final_norm_or_the_mean_patch(tmp_path: Path) -> None:
     from mmd2v2.config import TeacherConfig
     from mmd2v2.models.teacher import ImageTeacher
 
@@ -196,13 +196,15 @@ def test_timm_teacher_gives_the_cls_after_or_before_the_final_norm(tmp_path: Pat
     full.blocks[-1].register_forward_hook(lambda module, args, output: last_block.append(output))
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        post_norm = full.forward_features(pixels)[:, 0]
+        features = full.forward_features(pixels)
+    post_norm, mean_patches = features[:, 0], features[:, 1:].mean(1)
     config = {"name": "beitv2_base_patch16_224", **TINY}
     teachers = {
         target: ImageTeacher(TeacherConfig(family="timm", pretrained=str(weights), config=config, target=target))
-        for target in ("post_norm", "pre_norm")
+        for target in ("post_norm", "pre_norm", "mean_patches")
     }
     assert teachers["post_norm"].dim == 32 and teachers["post_norm"].image_size == 32
     torch.testing.assert_close(teachers["post_norm"](pixels), post_norm, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(teachers["pre_norm"](pixels), last_block[0][:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(teachers["mean_patches"](pixels), mean_patches, rtol=1e-5, atol=1e-5)
     assert not any(p.requires_grad for p in teachers["pre_norm"].parameters())
