@@ -188,3 +188,36 @@ def test_bench_input_compares_the_fast_path_with_todays_in_the_same_run(
         line.startswith("pixels of the fast path") and "PSNR" in line for line in lines
     )
     assert len(list(tmp_path.glob("*.jpg"))) == 6
+
+
+def test_probe_image_features_maps_patches_to_cells_and_prints_a_row_per_encoder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from probe_image_features import cell_of_patches
+
+    from mmd2v2.models.data2vec2_vision import Data2Vec2VisionConfig, Data2Vec2VisionModel
+
+    weights = cell_of_patches(4)  # patch centres at 1/8, 3/8, 5/8, 7/8 of the width: cells 0, 1, 1, 2
+    assert weights.shape == (9, 16)
+    assert weights[0].nonzero().flatten().tolist() == [0]
+    assert weights[4].nonzero().flatten().tolist() == [5, 6, 9, 10] and weights[4, 5].item() == 0.25
+    assert weights[8].nonzero().flatten().tolist() == [15]
+    config = Data2Vec2VisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    Data2Vec2VisionModel(config).save_pretrained(tmp_path / "encoder")
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["probe_image_features.py", str(tmp_path / "encoder"), "--train", "30", "--test", "10", "--max-iter", "5"],
+    )
+    runpy.run_path(str(ROOT / "scripts" / "probe_image_features.py"), run_name="__main__")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert lines[0].split(" | ")[1:4] == ["patches/colour", "patches/shape", "patches/size"]
+    assert [line.split(" | ")[0] for line in lines[1:]] == [
+        "| random init (same architecture)",
+        f"| {tmp_path / 'encoder'}",
+    ]
+    for line in lines[1:]:
+        assert all(0 <= float(v) <= 1 for v in line.strip(" |").split(" | ")[1:])
