@@ -63,6 +63,18 @@ VARIANTS = {
             (*FULL_FINETUNE, *RANDOM_SAME_ARCH),
         ),
         Variant("full_ft", "pretrained, all trained", "configs/demo_pretrained.yaml", FULL_FINETUNE),
+        Variant(
+            "full_ft_mse",
+            "pretrained, all trained + MSE distillation",
+            "configs/demo_pretrained.yaml",
+            (*FULL_FINETUNE, "loss.kd_kind=mse", "loss.kd_weight=0.2"),
+        ),
+        Variant(
+            "full_ft_mse_pool",
+            "pretrained, all trained + MSE distillation of the teacher's mean patch token",
+            "configs/demo_pretrained.yaml",
+            (*FULL_FINETUNE, "loss.kd_kind=mse", "loss.kd_weight=0.2", "teacher.target=mean_patches"),
+        ),
         Variant("frozen", "pretrained, frozen + shared block", "configs/demo_pretrained.yaml", ("loss.kd_weight=0",)),
         Variant(
             "top1",
