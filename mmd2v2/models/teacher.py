@@ -55,8 +55,9 @@ class ImageTeacher(nn.Module):
         return tokens[:, prefix:].mean(1) if self.target == "mean_patches" else tokens[:, 0]
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        """Teacher target (B, dim): the CLS after or before the final LayerNorm, or the mean patch token. Runs under inference mode (no
-        autograd bookkeeping) and, when `autocast_dtype` is set on a GPU, in that precision; returns float32."""
+        """Teacher target (B, dim): the CLS after or before the final LayerNorm, or the mean patch token. Runs under
+        inference mode (no autograd bookkeeping) and, when `autocast_dtype` is set on a GPU, in that precision;
+        returns float32."""
         with (
             torch.inference_mode(),
             torch.autocast(
