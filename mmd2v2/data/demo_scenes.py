@@ -256,27 +256,32 @@ def render(scene: Scene, image_size: int) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
 
 
-def _save_images(jobs: list[tuple[str, int, Path]], image_size: int, seed: int) -> None:
-    """Render and save the scenes (split, index, path) of one worker's share."""
+def _save_images(jobs: list[tuple[str, int, Path]], image_size: int, seed: int) -> list[Scene]:
+    """Render and save the scenes (split, index, path) of one worker's share; returns them in job order."""
+    scenes = []
     for split, index, path in jobs:
-        render(generate_scene(seed, split, index), image_size).save(path, compress_level=1)
+        scenes.append(generate_scene(seed, split, index))
+        render(scenes[-1], image_size).save(path, compress_level=1)
+    return scenes
 
 
 def save_scene_images(
     jobs: list[tuple[str, int, Path]], image_size: int, seed: int, workers: int | None = None
-) -> None:
+) -> list[Scene]:
     """Render and save every scene (split, index, path) as PNG over `workers` processes (default: the machine's
-    cores, at most 8, one per 500 scenes): each scene depends only on (seed, split, index), so the files are the same
-    however the work is split."""
+    cores, at most 8, one per 500 scenes) and return the scenes in job order (their captions, for the caller): each
+    scene depends only on (seed, split, index), so the files are the same however the work is split."""
     if workers is None:
         workers = min(8, os.cpu_count() or 1, len(jobs) // 500)
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
-        _save_images(jobs, image_size, seed)
-        return
+        return _save_images(jobs, image_size, seed)
+    scenes: list[Scene] = [None] * len(jobs)  # type: ignore[list-item]  # every slot is filled below
     with ProcessPoolExecutor(workers) as pool:
         shares = [jobs[w::workers] for w in range(workers)]
-        list(pool.map(_save_images, shares, [image_size] * workers, [seed] * workers))
+        for w, share in enumerate(pool.map(_save_images, shares, [image_size] * workers, [seed] * workers)):
+            scenes[w::workers] = share
+    return scenes
 
 
 def _manifest(num_train: int, num_val: int, num_test: int, image_size: int, seed: int) -> dict[str, int]:
@@ -291,29 +296,29 @@ def _manifest(num_train: int, num_val: int, num_test: int, image_size: int, seed
 
 
 def _write(folder: Path, counts: dict[str, int], image_size: int, seed: int) -> None:
-    images: list[dict[str, object]] = []
     jobs: list[tuple[str, int, Path]] = []
     for split in SPLITS:
         (folder / "images" / split).mkdir(parents=True)
-        for index in range(counts[split]):
-            scene, image_id = generate_scene(seed, split, index), len(images)
-            filename = f"{image_id:06d}.png"
-            jobs.append((split, index, folder / "images" / split / filename))
-            sentences = [
-                {"raw": text, "tokens": text.split(), "imgid": image_id, "sentid": 5 * image_id + k}
-                for k, text in enumerate(scene.captions)
-            ]
-            images.append(
-                {
-                    "filepath": f"images/{split}",
-                    "filename": filename,
-                    "imgid": image_id,
-                    "split": split,
-                    "sentids": [s["sentid"] for s in sentences],
-                    "sentences": sentences,
-                }
-            )
-    save_scene_images(jobs, image_size, seed)
+        first = len(jobs)  # image ids run on across the splits
+        jobs.extend((split, i, folder / "images" / split / f"{first + i:06d}.png") for i in range(counts[split]))
+    images: list[dict[str, object]] = []
+    for image_id, ((split, _, path), scene) in enumerate(
+        zip(jobs, save_scene_images(jobs, image_size, seed), strict=True)
+    ):
+        sentences = [
+            {"raw": text, "tokens": text.split(), "imgid": image_id, "sentid": 5 * image_id + k}
+            for k, text in enumerate(scene.captions)
+        ]
+        images.append(
+            {
+                "filepath": f"images/{split}",
+                "filename": path.name,
+                "imgid": image_id,
+                "split": split,
+                "sentids": [s["sentid"] for s in sentences],
+                "sentences": sentences,
+            }
+        )
     (folder / "dataset_demo.json").write_text(json.dumps({"dataset": "demo", "images": images}))
 
 
