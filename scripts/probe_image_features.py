@@ -19,17 +19,18 @@ import torch
 from torch import Tensor
 
 from mmd2v2.data.demo_scenes import COLOURS, SHAPES, SIZES, generate_scene, render
+from mmd2v2.data.preprocessing import ImagePreprocessor
 from mmd2v2.models.data2vec2_vision import Data2Vec2VisionModel
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}
 
 
 def scene_labels(count: int, offset: int, seed: int, image_size: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """uint8 images (N, 3, H, W) and, per attribute, (N, 9) labels: index of the value in each cell, last = empty."""
+    """uint8 images (N, H, W, 3) and, per attribute, (N, 9) labels: index of the value in each cell, last = empty."""
     images, labels = [], {name: np.full((count, 9), len(values)) for name, values in ATTRIBUTES.items()}
     for i in range(count):
         scene = generate_scene(seed, "unpaired_images", offset + i)
-        images.append(np.asarray(render(scene, image_size)).transpose(2, 0, 1))
+        images.append(np.asarray(render(scene, image_size)))
         for obj in scene.objects:
             cell = obj.row * 3 + obj.col
             for name, values in ATTRIBUTES.items():
@@ -47,16 +48,16 @@ def cell_of_patches(grid: int) -> Tensor:
 
 
 @torch.no_grad()
-def encode(model: Data2Vec2VisionModel, images: Tensor, mean: float, std: float) -> dict[str, Tensor]:
+def encode(model: Data2Vec2VisionModel, images: Tensor, preprocess: ImagePreprocessor) -> dict[str, Tensor]:
     """The frozen model's last-block features: 'patches' (N, T·C) laid end to end, 'cell' (N, 9, C) the mean of each
     cell's patches, 'cls' (N, C)."""
     features: dict[str, list[Tensor]] = {"patches": [], "cell": [], "cls": []}
+    cells = cell_of_patches(int(model.config.image_size) // int(model.config.patch_size))
     for start in range(0, len(images), 256):
-        pixels = (images[start : start + 256].float() / 255 - mean) / std
-        hidden = model(pixel_values=pixels).last_hidden_state
+        hidden = model(pixel_values=preprocess.normalize(images[start : start + 256])).last_hidden_state
         patches = hidden[:, 1:]
         features["patches"].append(patches.flatten(1))
-        features["cell"].append(torch.einsum("kt,ntc->nkc", cell_of_patches(int(len(patches[0]) ** 0.5)), patches))
+        features["cell"].append(torch.einsum("kt,ntc->nkc", cells, patches))
         features["cls"].append(hidden[:, 0])
     return {name: torch.cat(parts) for name, parts in features.items()}
 
@@ -86,12 +87,12 @@ def probe_model(
     images: Tensor,
     labels: dict[str, Tensor],
     train: int,
-    normalisation: tuple[float, float],
+    preprocess: ImagePreprocessor,
     max_iter: int = 100,
 ) -> dict[str, float]:
     """Mean accuracy over the 9 cells for each (feature, attribute) pair, e.g. 'patches/shape'."""
     scores = {}
-    for feature, x in encode(model.eval(), images, *normalisation).items():
+    for feature, x in encode(model.eval(), images, preprocess).items():
         for name, y in labels.items():
             accuracies = []
             for c in range(9):
@@ -122,8 +123,9 @@ def main() -> None:
     models = {"random init (same architecture)": Data2Vec2VisionModel(first.config), **models}
     size = int(first.config.image_size)
     images, labels = scene_labels(args.train + args.test, args.offset, args.seed, size)
+    preprocess = ImagePreprocessor(size, [args.mean] * 3, [args.std] * 3)
     rows = {
-        name: probe_model(model, images, labels, args.train, (args.mean, args.std), args.max_iter)
+        name: probe_model(model, images, labels, args.train, preprocess, args.max_iter)
         for name, model in models.items()
     }
     columns = list(next(iter(rows.values())))
