@@ -185,6 +185,14 @@ class OptimConfig:
     warmup_fraction: float = 0.1
     min_lr_ratio: float = 0.0
     fused: bool | None = None  # torch's fused AdamW kernel; None: on GPUs
+    encoder_lr_scale: float = 1.0  # lr multiplier of the unimodal (image and text) encoders; 1 = the shared lr
+    layer_decay: float = 1.0  # layer-wise lr decay inside those encoders, embeddings lowest (BEiT/data2vec fine-tuning)
+
+    def __post_init__(self) -> None:
+        if self.encoder_lr_scale < 0:
+            raise ConfigError(f"config key 'optim.encoder_lr_scale': got {self.encoder_lr_scale}, expected >= 0")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"config key 'optim.layer_decay': got {self.layer_decay}, expected a number in (0, 1]")
 
 
 @dataclass

@@ -119,6 +119,11 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | tuple[s
     config = load_typed_config(PretrainConfig, path, overrides)
     if config.objective.kind == "mlm" and config.model.modality != "text":
         raise ConfigError("config key 'objective.kind': mlm predicts tokens, it needs model.modality text")
+    for key in ("encoder_lr_scale", "layer_decay"):
+        if getattr(config.optim, key) != 1.0:
+            raise ConfigError(
+                f"config key 'optim.{key}': scales the dual encoder's encoders when fine-tuning, not pretraining"
+            )
     needed = "images" if config.model.modality == "image" else "texts"
     if getattr(config.data, needed) is None and not config.data.demo_unpaired:
         raise ConfigError(

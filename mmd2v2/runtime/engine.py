@@ -86,7 +86,7 @@ def deepspeed_config(config: Any, world_size: int) -> dict[str, Any]:
 def create_engine(module: nn.Module, config: Any, total_steps: int) -> Any:
     """Wrap `module` in a DeepSpeed engine with AdamW and the warm-up + cosine schedule."""
     world_size = dist.get_world_size()
-    groups = parameter_groups(module, config.optim.weight_decay)
+    groups = parameter_groups(module, config.optim)
     schedule = WarmupCosine(total_steps, round(config.optim.warmup_fraction * total_steps), config.optim.min_lr_ratio)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=module,

@@ -140,7 +140,7 @@ class StageRunner:
         per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
         total = max_steps or max(1, math.ceil(epochs * per_epoch))
         optimizer = torch.optim.AdamW(
-            parameter_groups(self.student, self.cfg.optim.weight_decay),
+            parameter_groups(self.student, self.cfg.optim),
             lr=self.cfg.optim.lr,
             betas=tuple(self.cfg.optim.betas),
             eps=self.cfg.optim.eps,
