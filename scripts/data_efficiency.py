@@ -67,13 +67,25 @@ VARIANTS = {
             "full_ft_mse",
             "pretrained, all trained + MSE distillation",
             "configs/demo_pretrained.yaml",
-            (*FULL_FINETUNE, "loss.kd_kind=mse", "loss.kd_weight=0.2"),
+            (*FULL_FINETUNE, "loss.kd_kind=mse", "loss.kd_weight=0.2", "teacher.target=post_norm"),
         ),
         Variant(
             "full_ft_mse_pool",
             "pretrained, all trained + MSE distillation of the teacher's mean patch token",
             "configs/demo_pretrained.yaml",
             (*FULL_FINETUNE, "loss.kd_kind=mse", "loss.kd_weight=0.2", "teacher.target=mean_patches"),
+        ),
+        Variant(
+            "full_ft_ckd_pool",
+            "pretrained, all trained + contrastive distillation of the teacher's mean patch token",
+            "configs/demo_pretrained.yaml",
+            (
+                *FULL_FINETUNE,
+                "loss.kd_kind=contrastive",
+                "loss.kd_weight=0.2",
+                "loss.kd_bank_size=4096",
+                "teacher.target=mean_patches",
+            ),
         ),
         Variant("frozen", "pretrained, frozen + shared block", "configs/demo_pretrained.yaml", ("loss.kd_weight=0",)),
         Variant(
@@ -86,13 +98,19 @@ VARIANTS = {
             "top1_mse",
             "top block unfrozen + MSE distillation",
             "configs/demo_pretrained.yaml",
-            (*UNFROZEN_TOP, "loss.kd_kind=mse", "loss.kd_weight=0.2"),
+            (*UNFROZEN_TOP, "loss.kd_kind=mse", "loss.kd_weight=0.2", "teacher.target=post_norm"),
         ),
         Variant(
             "top1_ckd",
             "top block unfrozen + contrastive distillation",
             "configs/demo_pretrained.yaml",
-            (*UNFROZEN_TOP, "loss.kd_kind=contrastive", "loss.kd_weight=0.2", "loss.kd_bank_size=4096"),
+            (
+                *UNFROZEN_TOP,
+                "loss.kd_kind=contrastive",
+                "loss.kd_weight=0.2",
+                "loss.kd_bank_size=4096",
+                "teacher.target=post_norm",
+            ),
         ),
     )
 }
