@@ -3,20 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import process_group_undone, tiny_overrides
+from conftest import tiny_overrides
 
 from mmd2v2.config import ConfigError, OptimConfig, load_config
-from mmd2v2.data.pairs import PairCollator
 from mmd2v2.pretrain.config import load_pretrain_config
 from mmd2v2.runtime.optim import encoder_lr_scales
-from mmd2v2.train.loop import prepare_run
-from mmd2v2.training_parts import build_engine, train_step
 
 ROOT = Path(__file__).parent.parent
 
@@ -55,28 +53,39 @@ def test_pretraining_refuses_encoder_scales() -> None:
         load_pretrain_config(ROOT / "configs" / "pretrain_demo_image.yaml", ["optim.layer_decay=0.5"])
 
 
-@pytest.fixture
-def process_group() -> Iterator[None]:
-    with process_group_undone():
-        yield
+# DeepSpeed keeps its process groups in module globals, so an engine is built in a child process: later tests in
+# this process build their own
+ENGINE_STEP = """
+import json, sys, torch
+from pathlib import Path
+from mmd2v2.config import load_config
+from mmd2v2.data.pairs import PairCollator
+from mmd2v2.train.loop import prepare_run
+from mmd2v2.training_parts import build_engine, train_step
+
+config = load_config(Path("configs/demo.yaml"), sys.argv[2:])
+parts = prepare_run(config, Path(sys.argv[1]))
+engine = build_engine(parts.config, parts.student, parts.objective, parts.teacher, parts.total_steps)
+before = {n: p.detach().clone() for n, p in parts.student.named_parameters()}
+collate = PairCollator(parts.tokenizer, parts.config.data.max_text_length)
+batch = collate([parts.data.sources[0].data[i] for i in range(0, 80, 5)])
+batch["pixel_values"] = parts.preprocess.normalize(batch["pixel_values"])
+train_step(engine, parts.teacher, {k: v for k, v in batch.items() if not k.startswith("num_")})
+moved = [n for n, p in parts.student.named_parameters() if not torch.equal(p.detach(), before[n])]
+print(json.dumps({"lrs": sorted({g["initial_lr"] for g in engine.optimizer.param_groups}), "moved": moved, "all": list(before)}))
+"""
 
 
-def test_engine_steps_each_group_at_its_scaled_lr(tmp_path: Path, demo_dir: Path, process_group: None) -> None:
+def test_engine_steps_each_group_at_its_scaled_lr(tmp_path: Path, demo_dir: Path) -> None:
     overrides = tiny_overrides(
         tmp_path, demo_dir, **{"optim.encoder_lr_scale": 0.0, "optim.warmup_fraction": 0.0, "loss.kd_weight": 0}
     )
-    parts = prepare_run(load_config(ROOT / "configs" / "demo.yaml", overrides), tmp_path)
-    engine = build_engine(parts.config, parts.student, parts.objective, parts.teacher, parts.total_steps)
-    lrs = {g["lr"] for g in engine.optimizer.param_groups}
-    assert lrs == {0.0, parts.config.optim.lr}
-
-    before = {n: p.detach().clone() for n, p in parts.student.named_parameters()}
-    collate = PairCollator(parts.tokenizer, parts.config.data.max_text_length)
-    batch = collate([parts.data.sources[0].data[i] for i in range(0, 80, 5)])
-    batch["pixel_values"] = parts.preprocess.normalize(batch["pixel_values"])
-    batch = {k: v for k, v in batch.items() if not k.startswith("num_")}
-    train_step(engine, parts.teacher, batch)
-    moved = {n for n, p in parts.student.named_parameters() if not torch.equal(p.detach(), before[n])}
-    encoders = {n for n in before if n.startswith(("image_encoder.", "text_encoder."))}
-    assert encoders and not moved & encoders  # lr 0: no step and no weight decay
-    assert "shared.blocks.0.qkv.weight" in moved and "projection.weight" in moved
+    done = subprocess.run(
+        [sys.executable, "-c", ENGINE_STEP, str(tmp_path), *overrides], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["lrs"] == [0.0, load_config(ROOT / "configs" / "demo.yaml", overrides).optim.lr]
+    encoders = {n for n in result["all"] if n.startswith(("image_encoder.", "text_encoder."))}
+    assert encoders and not set(result["moved"]) & encoders  # lr 0: no step and no weight decay
+    assert {"shared.blocks.0.qkv.weight", "projection.weight"} <= set(result["moved"])
