@@ -18,26 +18,24 @@ def encoder_lr_scales(names: list[str], encoder_lr_scale: float, layer_decay: fl
     """Learning-rate multiplier of every parameter name: 1 outside the unimodal encoders; inside one with n blocks,
     `encoder_lr_scale * layer_decay ** (n + 1 - depth)`, depth 0 for its embeddings, i + 1 for block i and n + 1 for
     what follows the blocks (a final norm), as layer-wise decay in BEiT / data2vec fine-tuning."""
-    scopes: dict[str, str] = {}
+    located: dict[str, tuple[str, int | None]] = {}  # encoder parameter -> (its encoder's prefix, block index)
     for name in names:
-        for scope in ENCODER_SCOPES:
-            if scope in name:
-                scopes[name] = name[: name.index(scope) + len(scope)]
-                break
+        scope = next((name[: name.index(s) + len(s)] for s in ENCODER_SCOPES if s in name), None)
+        if scope is not None:
+            found = BLOCK_INDEX.search(name[len(scope) - 1 :])
+            located[name] = (scope, int(found.group(1)) if found else None)
     blocks: dict[str, int] = {}
-    for name, scope in scopes.items():
-        found = BLOCK_INDEX.search(name[len(scope) - 1 :])
-        if found:
-            blocks[scope] = max(blocks.get(scope, 0), int(found.group(1)) + 1)
+    for scope, index in located.values():
+        if index is not None:
+            blocks[scope] = max(blocks.get(scope, 0), index + 1)
     scales = {}
     for name in names:
-        scope = scopes.get(name)
-        if scope is None:
+        if name not in located:
             scales[name] = 1.0
             continue
+        scope, index = located[name]
         n = blocks.get(scope, 0)
-        found = BLOCK_INDEX.search(name[len(scope) - 1 :])
-        depth = int(found.group(1)) + 1 if found else (0 if "embed" in name[len(scope) :] else n + 1)
+        depth = index + 1 if index is not None else (0 if "embed" in name[len(scope) :] else n + 1)
         scales[name] = encoder_lr_scale * layer_decay ** (n + 1 - depth)
     return scales
 
